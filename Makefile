@@ -1,0 +1,27 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DEMO   ?= runs/demo
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c requirements/constraints.txt -e '.[test,kubeflow]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/segrepro data synth cityscapes --out $(DEMO)/cityscapes
+	$(VENV)/bin/segrepro data prepare cityscapes --root $(DEMO)/cityscapes
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""segrepro.data layer."""

@@ -1,0 +1,34 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, never with a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad dataset, missing weights).
+
+    ``exit_code`` lets stages pick a distinct status (dataset validation uses 2).
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class DatasetError(UserError):
+    """A dataset on disk does not match its official layout; ``problems`` holds one line per file."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], limit: int = 20) -> None:
+        self.problems = problems
+        shown = problems[:limit]
+        extra = len(problems) - len(shown)
+        text = "\n".join(shown) + (f"\n... and {extra} more problem(s)" if extra > 0 else "")
+        super().__init__(text)
+
+
+class MissingWeightsError(UserError):
+    """Pretrained weights are not at the local path; says what to fetch and where to put it."""

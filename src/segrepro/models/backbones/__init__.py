@@ -1,0 +1,1 @@
+"""segrepro.models.backbones layer."""

@@ -1,0 +1,83 @@
+"""Build models by name (timm-style): ``build("ann", variant="r101", num_classes=19)``.
+
+Each method module registers one builder per variant with :func:`register`. The builder takes plain
+constructor arguments; the mapping from a method/variant name to those arguments lives only here
+and in the method's own module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from segrepro.errors import UserError
+
+METHOD_MODULES: tuple[str, ...] = ("alignseg", "acfnet", "gald", "dgcnet", "ann", "alignseg_ssl")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One registered (method, variant): its builder and the facts the rest of the pipeline needs."""
+
+    method: str
+    variant: str
+    builder: Callable[..., nn.Module]
+    default_num_classes: int
+    description: str = ""
+
+
+_REGISTRY: dict[str, dict[str, VariantSpec]] = {}
+_DEFAULT_VARIANT: dict[str, str] = {}
+
+
+def register(
+    method: str, variant: str, *, default: bool = False, num_classes: int = 19, description: str = ""
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``builder(num_classes=..., pretrained=...) -> nn.Module``."""
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY.setdefault(method, {})[variant] = VariantSpec(method, variant, builder, num_classes, description)
+        if default:
+            _DEFAULT_VARIANT[method] = variant
+        return builder
+
+    return deco
+
+
+def _load_all() -> None:
+    for name in METHOD_MODULES:
+        importlib.import_module(f"segrepro.models.{name}")
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return [m for m in METHOD_MODULES if m in _REGISTRY]
+
+
+def list_variants(method: str) -> list[str]:
+    return list(_REGISTRY[_check_method(method)])
+
+
+def _check_method(method: str) -> str:
+    _load_all()
+    if method not in _REGISTRY:
+        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(list_methods())}")
+    return method
+
+
+def get_spec(method: str, variant: str | None = None) -> VariantSpec:
+    method = _check_method(method)
+    variant = variant or _DEFAULT_VARIANT[method]
+    variants = _REGISTRY[method]
+    if variant not in variants:
+        raise UserError(f"unknown variant {variant!r} for {method}; choose one of: {', '.join(variants)}")
+    return variants[variant]
+
+
+def build(method: str, num_classes: int | None = None, variant: str | None = None, pretrained: str | None = None, **kwargs) -> nn.Module:
+    """Build ``method``/``variant``. ``pretrained`` is a local backbone file (never downloaded)."""
+    spec = get_spec(method, variant)
+    return spec.builder(num_classes=num_classes or spec.default_num_classes, pretrained=pretrained, **kwargs)
