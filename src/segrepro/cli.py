@@ -7,7 +7,6 @@ User errors (:class:`segrepro.errors.UserError`) become one line on stderr and a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -44,22 +43,13 @@ app.add_typer(bench_app, name="bench")
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app, turning user errors into one clean line."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="segrepro")
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        raise
 
 
 if __name__ == "__main__":
