@@ -7,6 +7,7 @@ User errors (:class:`segrepro.errors.UserError`) become one line on stderr and a
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -29,11 +30,66 @@ app.add_typer(bench_app, name="bench")
 
 
 # --- data ---------------------------------------------------------------------------------------
-# (filled by the data layer)
+
+
+@data_app.command("synth")
+def data_synth(
+    dataset: str = typer.Argument(..., help="Dataset name (cityscapes, voc, coco_stuff27, pascal_context, ade20k)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the synthetic dataset into (official layout)."),
+    split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4."),
+    size: Optional[str] = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
+    seed: int = typer.Option(0, "--seed", help="Same seed gives byte-identical files."),
+) -> None:
+    """Write a deterministic synthetic stand-in with the dataset's exact layout, names and encodings."""
+    from segrepro.data import synth_dataset
+
+    typer.echo(f"synthetic {dataset} written to {synth_dataset(dataset, out, split_sizes, size, seed)}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help="Dataset name (cityscapes, voc, coco_stuff27, pascal_context, ade20k)."),
+    root: Path = typer.Option(..., "--root", help="Dataset root in the official layout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <root>_prepared beside the root)."),
+) -> None:
+    """Validate the layout (exit 2 with one line per problem, nothing written), then write prepared outputs."""
+    from segrepro.data import prepare_dataset
+
+    typer.echo(f"prepared {dataset} written to {prepare_dataset(dataset, root, out)}")
 
 
 # --- models / checkpoint ------------------------------------------------------------------------
-# (filled by the models layer)
+
+
+@checkpoint_app.command("import")
+def checkpoint_import(
+    src: Path = typer.Argument(..., help="Official released checkpoint, or an ImageNet/DINO backbone file with --backbone."),
+    dst: Path = typer.Argument(..., help="Where to write the plain state_dict (only when it fits strictly)."),
+    method: str = typer.Option(..., "--method", help="Method name (segrepro.models.list_methods())."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Variant; the method's default when omitted."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the checkpoint (variant default)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="SRC is a backbone file of this source: mit, gald-deep, eca, dino."),
+) -> None:
+    """Strip module./net. wrappers, convert, verify strictly against the model and write DST."""
+    from segrepro.models.checkpoint import import_checkpoint
+
+    res = import_checkpoint(method, src, dst, variant=variant, num_classes=num_classes, backbone=backbone)
+    kind = "backbone tensors" if res.backbone_only else "tensors"
+    typer.echo(f"{res.method}/{res.variant}: {res.num_tensors} {kind} verified, written to {res.dst}")
+
+
+@checkpoint_app.command("export")
+def checkpoint_export(
+    src: Path = typer.Argument(..., help="A plain state_dict written by 'checkpoint import' or training."),
+    dst: Path = typer.Argument(..., help="Where to write the official-style file."),
+    prefix: str = typer.Option("module.", "--prefix", help="Key prefix the official loader expects ('' for none)."),
+    container: str = typer.Option("state_dict", "--container", help="Wrap in {CONTAINER: ...}; '' for a bare dict."),
+) -> None:
+    """Write our state_dict with the official wrappers (names are already the official ones)."""
+    from segrepro.models.checkpoint import export_checkpoint
+
+    n = export_checkpoint(src, dst, prefix=prefix, container=container or None)
+    typer.echo(f"{n} tensors written to {dst}")
 
 
 # --- bench --------------------------------------------------------------------------------------
