@@ -141,11 +141,13 @@ def default_prepared_dir(root: Path) -> Path:
     return root.with_name(f"{root.name}_prepared")
 
 
-def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> None:
-    """PNG without timestamps or text chunks, so equal arrays give byte-identical files."""
+def write_png(path: Path, array: np.ndarray) -> None:
+    """PNG without timestamps or text chunks, so equal arrays give byte-identical files.
+
+    The mode follows the dtype/shape: uint8 HxW → L, HxWx3 → RGB, HxWx4 → RGBA, uint16 HxW → I;16.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    img.save(path, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=6)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,230 @@
+"""Cityscapes: official layout, reader and synthetic stand-in (``prepare`` lives in cityscapes_prepare).
+
+Layout: ``{root}/{leftImg8bit|gtFine}/{split}/{city}/{city}_{seq:06d}_{frame:06d}_{type}{ext}``. Labels are
+labelIds (0..33) mapped to trainIds (0..18, 255 ignore) through cityscapesscripts' table; instanceIds
+(16-bit, ``labelId*1000+k``) are exposed for nIoU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cityscapesscripts.helpers import labels as cs_labels
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from segrepro.data.cityscapes_labels import IGNORE_INDEX, LABELS, class_names, label_to_train_lut, train_classes
+from segrepro.data.synth_scene import SceneClass, SceneComposer
+from segrepro.data.validate import atomic_output_dir, write_png
+from segrepro.errors import UserError
+
+NAME = "cityscapes"
+SPLITS = ("train", "val", "test")
+CLASS_NAMES = tuple(class_names())
+IMAGE_DIR, GT_DIR = "leftImg8bit", "gtFine"
+IMAGE_SUFFIX = "_leftImg8bit.png"
+GT_KINDS = {  # kind → file suffix after the stem
+    "labelIds": "_gtFine_labelIds.png",
+    "instanceIds": "_gtFine_instanceIds.png",
+    "color": "_gtFine_color.png",
+    "polygons": "_gtFine_polygons.json",
+    "labelTrainIds": "_gtFine_labelTrainIds.png",
+    "instanceTrainIds": "_gtFine_instanceTrainIds.png",  # csCreateTrainIdInstanceImgs writes it in place
+}
+# Official cities and image counts per split (datasets.md §1.1).
+OFFICIAL_CITIES: dict[str, dict[str, int]] = {
+    "train": {
+        "aachen": 174, "bochum": 96, "bremen": 316, "cologne": 154, "darmstadt": 85, "dusseldorf": 221,
+        "erfurt": 109, "hamburg": 248, "hanover": 196, "jena": 119, "krefeld": 99, "monchengladbach": 94,
+        "strasbourg": 365, "stuttgart": 196, "tubingen": 144, "ulm": 95, "weimar": 142, "zurich": 122,
+    },
+    "val": {"frankfurt": 267, "lindau": 59, "munster": 174},
+    "test": {"berlin": 544, "bielefeld": 181, "bonn": 46, "leverkusen": 58, "mainz": 298, "munich": 398},
+}
+OFFICIAL_COUNTS = {split: sum(c.values()) for split, c in OFFICIAL_CITIES.items()}  # 2975 / 500 / 1525
+MAX_LABEL_ID = 33
+INSTANCE_LABEL_IDS = frozenset(lab.id for lab in LABELS if lab.hasInstances and lab.id >= 0)
+EGO_LABEL_ID, BORDER_LABEL_ID = 1, 2
+
+
+def image_path(root: Path, split: str, city: str, stem: str) -> Path:
+    return root / IMAGE_DIR / split / city / f"{stem}{IMAGE_SUFFIX}"
+
+
+def gt_path(root: Path, split: str, city: str, stem: str, kind: str) -> Path:
+    return root / GT_DIR / split / city / f"{stem}{GT_KINDS[kind]}"
+
+
+def stem_of(path: Path) -> str:
+    """``aachen_000000_000019_leftImg8bit.png`` → ``aachen_000000_000019`` (also for gtFine files)."""
+    name = path.name
+    for suffix in (IMAGE_SUFFIX, *GT_KINDS.values()):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+# -- reader ------------------------------------------------------------------------------------------
+class CityscapesDataset(Dataset):
+    """One split of Cityscapes in the official layout.
+
+    Labels are trainIds (uint8, 255 ignore): read from ``prepared``'s ``*_labelTrainIds.png`` when given,
+    otherwise mapped from ``*_gtFine_labelIds.png`` with cityscapesscripts' table. The test split has no
+    labels (the official ones are withheld). ``transform(sample)`` turns the numpy sample into tensors.
+    """
+
+    num_classes = len(CLASS_NAMES)
+    ignore_index = IGNORE_INDEX
+    class_names = CLASS_NAMES
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        prepared: Path | None = None,
+        with_instances: bool = False,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise UserError(f"unknown Cityscapes split '{split}'; choose one of {', '.join(SPLITS)}")
+        self.root, self.split = Path(root), split
+        self.prepared = Path(prepared) if prepared is not None else None
+        self.with_instances, self.transform = with_instances, transform
+        self.has_labels = split != "test"
+        self.images = sorted((self.root / IMAGE_DIR / split).glob(f"*/*{IMAGE_SUFFIX}"))
+        if not self.images:
+            raise UserError(
+                f"{self.root / IMAGE_DIR / split}: no *{IMAGE_SUFFIX} images; check the dataset root "
+                "(segrepro data prepare cityscapes --root DIR validates the layout)"
+            )
+        self._lut = label_to_train_lut()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def label_path(self, index: int) -> Path:
+        """The file the label of ``index`` is read from (prepared trainIds or raw labelIds)."""
+        img = self.images[index]
+        base, kind = (self.prepared, "labelTrainIds") if self.prepared is not None else (self.root, "labelIds")
+        return gt_path(base, self.split, img.parent.name, stem_of(img), kind)
+
+    def instance_path(self, index: int) -> Path:
+        img = self.images[index]
+        return gt_path(self.root, self.split, img.parent.name, stem_of(img), "instanceIds")
+
+    def __getitem__(self, index: int) -> Any:
+        img = self.images[index]
+        with Image.open(img) as im:
+            sample: dict[str, Any] = {
+                "image": np.asarray(im.convert("RGB")),
+                "name": stem_of(img),
+                "city": img.parent.name,
+                "image_path": str(img),
+            }
+        if self.has_labels:
+            with Image.open(self.label_path(index)) as lab:
+                label = np.asarray(lab, dtype=np.uint8)
+            sample["label"] = label if self.prepared is not None else self._lut[label]
+            if self.with_instances:
+                with Image.open(self.instance_path(index)) as inst:
+                    sample["instance"] = np.asarray(inst).astype(np.int32)
+        return self.transform(sample) if self.transform is not None else sample
+
+
+# -- synthetic stand-in ------------------------------------------------------------------------------
+_ROLES = {
+    "road": "ground", "sidewalk": "ground", "terrain": "ground", "sky": "sky", "pole": "thin",
+    "building": "stuff", "wall": "stuff", "fence": "stuff", "vegetation": "stuff",
+    "traffic light": "object", "traffic sign": "object",
+}  # every other evaluated class (person … bicycle) is an object with instances
+_IGNORED = (  # labelIds drawn but not evaluated, as in the real data
+    SceneClass(0, "void", required=False),  # unlabeled
+    SceneClass(EGO_LABEL_ID, "ego", required=False),
+    SceneClass(4, "void", required=False),  # static
+    SceneClass(9, "ground", required=False),  # parking
+    SceneClass(29, "object", instances=True, required=False),  # caravan
+)
+
+
+def scene_classes() -> tuple[SceneClass, ...]:
+    """Scene classes in trainId order (road is the first, most frequent ground) plus ignored labels."""
+    evaluated = tuple(
+        SceneClass(lab.id, _ROLES.get(lab.name, "object"), instances=bool(lab.hasInstances)) for lab in train_classes()
+    )
+    return evaluated + _IGNORED
+
+
+def instance_ids(label: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """Official instanceIds: ``labelId*1000+k`` for instances, plain labelId elsewhere (uint16)."""
+    return np.where(instance >= 0, label.astype(np.int64) * 1000 + instance, label).astype(np.uint16)
+
+
+def color_image(label: np.ndarray) -> np.ndarray:
+    """RGBA visualisation with the official colour of every labelId."""
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for lab in LABELS:
+        if lab.id >= 0:
+            lut[lab.id] = (*lab.color, 255)
+    return lut[label]
+
+
+def polygons(label: np.ndarray, instance: np.ndarray) -> dict[str, Any]:
+    """Minimal valid ``*_gtFine_polygons.json``: one bounding-box polygon per class region / instance."""
+    key = label.astype(np.int64) * 100000 + (instance + 1)
+    objects = []
+    for k in np.unique(key):
+        ys, xs = np.nonzero(key == k)
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+        name = cs_labels.id2label[int(k // 100000)].name
+        objects.append({"label": name, "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]})
+    return {"imgHeight": int(label.shape[0]), "imgWidth": int(label.shape[1]), "objects": objects}
+
+
+def withheld_test_label(label: np.ndarray) -> np.ndarray:
+    """What the real test labels hold: ego vehicle and a rectification border, unlabeled elsewhere."""
+    out = np.where(label == EGO_LABEL_ID, EGO_LABEL_ID, 0).astype(np.uint8)
+    b = max(1, label.shape[0] // 128)
+    out[:b], out[-b:], out[:, :b], out[:, -b:] = BORDER_LABEL_ID, BORDER_LABEL_ID, BORDER_LABEL_ID, BORDER_LABEL_ID
+    return out
+
+
+def _write_sample(root: Path, split: str, city: str, stem: str, image: np.ndarray, label: np.ndarray, inst: np.ndarray) -> None:
+    write_png(image_path(root, split, city, stem), image)
+    write_png(gt_path(root, split, city, stem, "labelIds"), label.astype(np.uint8))
+    write_png(gt_path(root, split, city, stem, "instanceIds"), instance_ids(label, inst))
+    write_png(gt_path(root, split, city, stem, "color"), color_image(label))
+    gt_path(root, split, city, stem, "polygons").write_text(json.dumps(polygons(label, inst), indent=1) + "\n")
+
+
+def synth(out: Path, split_sizes: Mapping[str, int], size: tuple[int, int], seed: int) -> Path:
+    """Write a synthetic Cityscapes in the official layout, names and encodings; returns ``out``.
+
+    Images cycle through the split's official cities; the same seed gives byte-identical files.
+    """
+    composer = SceneComposer(scene_classes(), appearance_seed=NAME)
+    h, w = size
+    with atomic_output_dir(Path(out), replaceable=(IMAGE_DIR, GT_DIR)) as tmp:
+        for s, split in enumerate(SPLITS):
+            count = split_sizes.get(split, 0)
+            cities = sorted(OFFICIAL_CITIES[split])
+            scenes = composer.compose_split(count, h, w, np.random.default_rng([seed, s]))
+            for i, scene in enumerate(tqdm(scenes, total=count, desc=f"synth cityscapes {split}", unit="img")):
+                city = cities[i % len(cities)]
+                stem = f"{city}_{i // len(cities):06d}_{19:06d}"
+                label, inst = scene.label, scene.instance
+                if split == "test":
+                    label, inst = withheld_test_label(label), np.full_like(inst, -1)
+                _write_sample(tmp, split, city, stem, scene.image, label, inst)
+    return Path(out)
+
+
+def prepare(root: Path, out: Path) -> Path:
+    """Validate and write ``*_labelTrainIds.png``, split lists and manifest (see cityscapes_prepare)."""
+    from segrepro.data.cityscapes_prepare import prepare_cityscapes
+
+    return prepare_cityscapes(root, out)

@@ -1,0 +1,191 @@
+"""``segrepro data prepare cityscapes``: validate the official layout, then write the derived outputs.
+
+Outputs (a DVC-tracked sibling folder): ``gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png`` (labelIds
+PNG remapped with cityscapesscripts' table, datasets.md §1.3), ``lists/<split>.txt`` in the supervised
+AlignSeg format (tab-separated image / labelIds paths relative to the raw root; test image-only) and
+``manifest.json``. Structure is checked first (cheap); file contents are checked while converting into a
+temp folder that is discarded if any problem turns up, so a broken dataset leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segrepro.data import cityscapes as cs
+from segrepro.data.cityscapes_labels import label_to_train_lut
+from segrepro.data.manifest import write_manifest
+from segrepro.data.validate import (
+    atomic_output_dir,
+    check_same_size,
+    check_values,
+    pair_problems,
+    parallel_map,
+    problem,
+    raise_problems,
+    read_png,
+    split_count_problems,
+    unexpected_entries,
+    write_png,
+)
+from segrepro.io import atomic_write_text
+
+_IMAGE_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_leftImg8bit\.png$")
+_GT_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_gtFine_(?:" + "|".join(k for k in cs.GT_KINDS) + r")\.(?:png|json)$")
+_OUTPUTS = (cs.GT_DIR, "lists", "manifest.json")
+_INSTANCE_BASES = np.array(sorted(cs.INSTANCE_LABEL_IDS))
+
+
+@dataclass(frozen=True)
+class Record:
+    split: str
+    city: str
+    stem: str
+
+
+def _scan_split(root: Path, top: str, split: str, pattern: re.Pattern[str], problems: list[str]) -> dict[str, list[Path]]:
+    """Files of one split by city; wrong names, stray files and city mismatches become problems."""
+    folder = root / top / split
+    found: dict[str, list[Path]] = {}
+    if not folder.is_dir():
+        problems.append(problem(folder, f"split folder '{split}' is missing", f"restore {top}/{split} from the official archive"))
+        return found
+    for city_dir in sorted(folder.iterdir()):
+        if not city_dir.is_dir():
+            problems.append(problem(city_dir, "file outside a city folder", f"move it into {top}/{split}/<city>/"))
+            continue
+        files = found.setdefault(city_dir.name, [])
+        for f in sorted(city_dir.iterdir()):
+            match = pattern.match(f.name)
+            if match is None:
+                problems.append(problem(f, "file name does not follow the official <city>_<seq>_<frame>_<type> pattern", "rename or remove it"))
+            elif match["city"] != city_dir.name:
+                problems.append(problem(f, f"city prefix '{match['city']}' does not match folder '{city_dir.name}'", f"move it to {top}/{split}/{match['city']}/"))
+            else:
+                files.append(f)
+    return found
+
+
+def _structure(root: Path) -> tuple[list[Record], dict[str, int], list[str]]:
+    """Folder names, file names, image↔label pairing, split counts and (for the real set) cities."""
+    problems: list[str] = []
+    for top in (cs.IMAGE_DIR, cs.GT_DIR):
+        if not (root / top).is_dir():
+            near = [p.name for p in root.iterdir() if p.is_dir() and p.name.lower() == top.lower()]
+            fix = f"rename {near[0]} to {top}" if near else f"extract the official {top} archive here"
+            problems.append(problem(root / top, "folder missing", fix))
+        allowed = set(cs.SPLITS) | ({"train_extra"} if top == cs.IMAGE_DIR else set())
+        problems += unexpected_entries(root / top, allowed, "split")
+    if problems:
+        return [], {}, problems
+    records: list[Record] = []
+    counts: dict[str, int] = {}
+    city_counts: dict[str, dict[str, int]] = {}
+    for split in cs.SPLITS:
+        images = _scan_split(root, cs.IMAGE_DIR, split, _IMAGE_RE, problems)
+        gts = _scan_split(root, cs.GT_DIR, split, _GT_RE, problems)
+        img = {(c, cs.stem_of(p)): p for c, ps in images.items() for p in ps}
+        for kind in ("labelIds", "instanceIds"):
+            lab = {(c, cs.stem_of(p)): p for c, ps in gts.items() for p in ps if p.name.endswith(cs.GT_KINDS[kind])}
+            problems += pair_problems(
+                img,
+                lab,
+                lambda p, kind=kind: cs.gt_path(root, split, p.parent.name, cs.stem_of(p), kind).relative_to(root),
+                lambda p: cs.image_path(root, split, p.parent.name, cs.stem_of(p)).relative_to(root),
+            )
+        records += [Record(split, c, s) for c, s in sorted(img)]
+        counts[split] = len(img)
+        city_counts[split] = {c: len(ps) for c, ps in images.items()}
+    folders = {s: root / cs.IMAGE_DIR / s for s in cs.SPLITS}
+    real = any(counts[s] >= cs.OFFICIAL_COUNTS[s] for s in cs.SPLITS)
+    problems += split_count_problems(folders, counts, cs.OFFICIAL_COUNTS if real else None)
+    if real:
+        problems += _city_problems(folders, city_counts)
+    return records, counts, problems
+
+
+def _city_problems(folders: dict[str, Path], city_counts: dict[str, dict[str, int]]) -> list[str]:
+    """Exact official city lists and per-city counts (only checked for the real dataset)."""
+    out = []
+    for split, official in cs.OFFICIAL_CITIES.items():
+        have = city_counts.get(split, {})
+        for city in sorted(have.keys() - official.keys()):
+            out.append(problem(folders[split] / city, f"'{city}' is not an official {split} city", "move it to its own split or remove it"))
+        for city in sorted(official.keys() - have.keys()):
+            out.append(problem(folders[split] / city, f"official {split} city '{city}' is missing", "restore it from the official archive"))
+        for city in sorted(official.keys() & have.keys()):
+            if have[city] != official[city]:
+                out.append(problem(folders[split] / city, f"{have[city]} images, the official set has {official[city]}", "restore the complete city folder"))
+    return out
+
+
+def _legal_instance(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.int64)
+    return (values <= cs.MAX_LABEL_ID) | ((values >= 1000) & np.isin(values // 1000, _INSTANCE_BASES))
+
+
+def _convert(root: Path, out: Path, rec: Record, lut: np.ndarray) -> list[str]:
+    """Check one image / labelIds / instanceIds triple and write its labelTrainIds; returns problems."""
+    img_p = cs.image_path(root, rec.split, rec.city, rec.stem)
+    lab_p = cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds")
+    inst_p = cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds")
+    image, p_img = read_png(img_p, ("RGB",), "image")
+    label, p_lab = read_png(lab_p, ("L",), "labelIds")
+    inst, p_inst = read_png(inst_p, ("I;16", "I;16B", "I"), "instanceIds")
+    problems = [p for p in (p_img, p_lab, p_inst) if p]
+    if label is not None:
+        problems.append(check_values(lab_p, label, lambda v: v <= cs.MAX_LABEL_ID, "labelIds"))
+        if image is not None:
+            problems.append(check_same_size(img_p, image.shape, lab_p, label.shape))
+    if inst is not None:
+        problems.append(check_values(inst_p, inst, _legal_instance, "instanceIds"))
+        if image is not None:
+            problems.append(check_same_size(img_p, image.shape, inst_p, inst.shape))
+        if label is not None and inst.shape == label.shape and not any(problems):
+            base = np.where(inst >= 1000, inst.astype(np.int64) // 1000, inst)
+            n = int(np.count_nonzero(base != label))
+            problems.append(problem(inst_p, f"{n} pixels disagree with {lab_p.name}", "re-extract both files") if n else None)
+    problems = [p for p in problems if p]
+    if not problems and label is not None:
+        write_png(cs.gt_path(out, rec.split, rec.city, rec.stem, "labelTrainIds"), lut[label])
+    return problems
+
+
+def _write_lists(out: Path, records: list[Record]) -> None:
+    lists = {split: [] for split in (*cs.SPLITS, "trainval")}
+    for rec in records:
+        img = cs.image_path(Path(), rec.split, rec.city, rec.stem).as_posix()
+        lab = cs.gt_path(Path(), rec.split, rec.city, rec.stem, "labelIds").as_posix()
+        line = img if rec.split == "test" else f"{img}\t{lab}"
+        lists[rec.split].append(line)
+        if rec.split in ("train", "val"):
+            lists["trainval"].append(line)
+    for split, lines in lists.items():
+        atomic_write_text(out / "lists" / f"{split}.txt", "".join(f"{line}\n" for line in lines))
+
+
+def prepare_cityscapes(root: Path, out: Path) -> Path:
+    """Validate ``root`` (DatasetError listing every problem) and write the prepared folder ``out``."""
+    root, out = Path(root).resolve(), Path(out).resolve()
+    records, counts, problems = _structure(root)
+    raise_problems(problems)
+    lut = label_to_train_lut()
+    with atomic_output_dir(out, replaceable=_OUTPUTS) as tmp:
+        results = parallel_map(lambda rec: _convert(root, tmp, rec, lut), records, desc="prepare cityscapes")
+        raise_problems([p for ps in results for p in ps])
+        _write_lists(tmp, records)
+        write_manifest(
+            tmp,
+            cs.NAME,
+            counts,
+            {
+                "label_source": "gtFine labelIds remapped with cityscapesscripts.helpers.labels (trainId, 255 ignore)",
+                "cityscapesscripts": importlib.metadata.version("cityscapesscripts"),
+                "lists": "image<TAB>labelIds paths relative to the dataset root; test is image-only",
+            },
+        )
+    return out
