@@ -4,8 +4,13 @@ The official AlignSeg and ACFNet code use mapillary's ``inplace_abn`` v1.1. Its 
 parameter and buffer names (``weight, bias, running_mean, running_var, num_batches_tracked``) but scale by
 ``|weight| + eps`` instead of ``weight`` and fuse an activation (leaky ReLU 0.01 by default). Checkpoints
 trained with it only reproduce their numbers under that exact math, which :class:`InPlaceABN` implements.
-When the optional ``inplace_abn`` package is installed and the input is on CUDA, its fused kernel is used;
-both paths compute the same function and share the same state_dict layout.
+
+Only the plain-torch path exists. mapillary's fused kernel saves activation memory, not accuracy, and is
+not installed here (it needs a native build), so it cannot be kept tested. The state_dict layout is
+identical either way: a checkpoint written with the ``inplace_abn`` package (v1.1) loads into this module
+as is and the reverse holds too; v1.0 files lack ``num_batches_tracked``, which
+:mod:`segrepro.models.checkpoint` treats as optional. Under multi-GPU DDP on
+CUDA, :func:`convert_sync_norm` synchronises the statistics as ``InPlaceABNSync`` does.
 """
 
 from __future__ import annotations
@@ -13,11 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-try:  # optional fast path; never required
-    from inplace_abn import functions as _iabn_functions  # type: ignore[import-not-found]
-except Exception:  # pragma: no cover - depends on the optional package
-    _iabn_functions = None
 
 ACTIVATIONS = ("leaky_relu", "elu", "identity", "relu")
 
@@ -56,7 +56,7 @@ class InPlaceABN(nn.Module):
         scale = self.weight.abs() + self.eps
         if self.training:
             self.num_batches_tracked.add_(1)
-        if self.training and self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.training and self.sync and x.is_cuda and torch.distributed.is_available() and torch.distributed.is_initialized():
             from torch.nn.modules._functions import SyncBatchNorm as _SyncBN
 
             world = torch.distributed.get_world_size()
@@ -84,7 +84,13 @@ class InPlaceABN(nn.Module):
 
 
 def convert_sync_norm(module: nn.Module) -> nn.Module:
-    """Make every norm layer synchronise statistics across DDP ranks (CUDA only; CPU keeps local BN)."""
+    """Make every norm layer synchronise statistics across DDP ranks; call it after ``.to(device)``.
+
+    Only a model on CUDA is converted: ``nn.SyncBatchNorm`` refuses CPU tensors under an initialised
+    process group (gloo DDP on CPU), so a CPU model is returned unchanged and keeps per-rank statistics.
+    """
+    if not any(p.is_cuda for p in module.parameters()):
+        return module
     for m in module.modules():
         if isinstance(m, InPlaceABN):
             m.sync = True
