@@ -58,3 +58,24 @@ def instance_class_names() -> list[str]:
 def colors() -> np.ndarray:
     """(19, 3) uint8 RGB palette by trainId."""
     return np.array([lab.color for lab in train_classes()], dtype=np.uint8)
+
+
+def category_names() -> list[str]:
+    """The 8 categories in the official table's order (void first), as the evaluator reports them."""
+    return list(cs_labels.category2labels)
+
+
+def category_labels(category: str) -> list:
+    """Labels of a category with a drawable id (≥ 0), in table order."""
+    return [lab for lab in cs_labels.category2labels[category] if lab.id >= 0]
+
+
+@lru_cache(maxsize=1)
+def avg_instance_size() -> dict[str, float]:
+    """The official average instance size per class (pixels), the nIoU weight numerator.
+
+    Read from cityscapesscripts' evaluator module so the constants are never re-typed.
+    """
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+
+    return dict(cs_eval.args.avgClassSize)

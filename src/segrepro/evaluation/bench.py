@@ -1,0 +1,226 @@
+"""``segrepro bench eval`` (metric half): segrepro's Cityscapes metrics against cityscapesscripts' evaluator.
+
+Two figures, each on the same data with the values checked equal:
+* per image, in memory: :meth:`CityscapesEvaluator.update` on decoded arrays vs the official
+  ``evaluatePair`` with ``Image.open`` served from already-decoded images (neither side decodes);
+* end to end on a PNG folder: :func:`evaluate_cityscapes_folders` (parallel decode) vs
+  ``getPrediction`` + ``evaluateImgLists``, decoding included on both sides.
+The official evaluator calls ``np.in1d`` (gone in NumPy ≥ 2.4): :func:`official_evaluator` puts an alias
+back only while the official code runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segrepro.evaluation.cityscapes_metrics import (
+    CityscapesEvaluator,
+    evaluate_cityscapes_folders,
+    find_cityscapes_pairs,
+)
+
+CITIES = ("frankfurt", "lindau", "munster")
+SCORE_FIELDS = ("classScores", "classInstScores", "categoryScores", "categoryInstScores")
+AVERAGE_FIELDS = ("averageScoreClasses", "averageScoreInstClasses", "averageScoreCategories",
+                  "averageScoreInstCategories")
+
+
+def synthetic_pair(rng: np.random.Generator, height: int, width: int, *, block: int = 64, n_instances: int = 30,
+                   gt_ids: Sequence[int] = range(34), instance_ids: Sequence[int] = range(24, 34),
+                   pred_ids: Sequence[int] = range(34), error_fraction: float = 0.25,
+                   error_block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pred labelIds, GT labelIds, GT instanceIds) as in reference §4: blocky GT over ``gt_ids``, instance
+    rectangles ``labelId*1000+k`` (other pixels keep their labelId, so 24..33 outside them are group
+    regions), and a prediction equal to the GT except for random blocks drawn from ``pred_ids``."""
+    def blocks(values: np.ndarray, size: int) -> np.ndarray:
+        grid = values[rng.integers(0, len(values), size=(-(-height // size), -(-width // size)))]
+        return np.kron(grid, np.ones((size, size), dtype=grid.dtype))[:height, :width]
+
+    gt = blocks(np.asarray(gt_ids, dtype=np.uint8), block)
+    inst = gt.astype(np.uint16)
+    for k in range(n_instances):
+        cls = int(rng.choice(np.asarray(instance_ids)))
+        h, w = int(rng.integers(2, max(3, height // 4))), int(rng.integers(2, max(3, width // 4)))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        gt[y:y + h, x:x + w] = cls
+        inst[y:y + h, x:x + w] = cls * 1000 + k
+    wrong = blocks(np.arange(100), error_block) < 100 * error_fraction
+    pred = np.where(wrong, blocks(np.asarray(pred_ids, dtype=np.uint8), error_block), gt)
+    return pred, gt, inst
+
+
+def write_synthetic_set(root: Path, n_images: int, height: int, width: int, seed: int = 0,
+                        compress_level: int = 6, **pair_kwargs) -> tuple[Path, Path]:
+    """Write ``n_images`` synthetic pairs in the official layout; returns (gt_root, pred_root).
+
+    GT: ``root/gtFine/val/<city>/<stem>_gtFine_{labelIds,instanceIds}.png``; predictions:
+    ``root/results/<city>/<stem>_leftImg8bit.png``.
+    """
+    rng = np.random.default_rng(seed)
+    root, pred_root = Path(root), Path(root) / "results"
+    for i in range(n_images):
+        city = CITIES[i % len(CITIES)]
+        stem = f"{city}_{i:06d}_000019"
+        pred, gt, inst = synthetic_pair(rng, height, width, **pair_kwargs)
+        gt_dir, pred_dir = root / "gtFine" / "val" / city, pred_root / city
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gt).save(gt_dir / f"{stem}_gtFine_labelIds.png", compress_level=compress_level)
+        Image.fromarray(inst).save(gt_dir / f"{stem}_gtFine_instanceIds.png", compress_level=compress_level)
+        Image.fromarray(pred).save(pred_dir / f"{stem}_leftImg8bit.png", compress_level=compress_level)
+    return root, pred_root
+
+
+@contextlib.contextmanager
+def official_evaluator() -> Iterator[ModuleType]:
+    """cityscapesscripts' evaluator module, quiet, no JSON, nIoU on, with ``np.in1d`` present while inside."""
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
+
+    added = not hasattr(np, "in1d")
+    if added:
+        np.in1d = lambda a, b, assume_unique=False, invert=False: np.isin(  # noqa: E731
+            np.ravel(a), b, assume_unique=assume_unique, invert=invert)
+    keys = ("quiet", "JSONOutput", "evalInstLevelScore", "evalPixelAccuracy", "predictionPath", "predictionWalk")
+    saved = {k: getattr(ev.args, k) for k in keys}
+    ev.args.quiet, ev.args.JSONOutput, ev.args.evalInstLevelScore, ev.args.evalPixelAccuracy = True, False, True, False
+    try:
+        yield ev
+    finally:
+        for k, v in saved.items():
+            setattr(ev.args, k, v)
+        if added:
+            del np.in1d
+
+
+def official_folder_result(ev: ModuleType, gt_root: Path, pred_root: Path, split: str = "val") -> dict:
+    """The official flow: GT glob, ``getPrediction`` per GT file, ``evaluateImgLists``."""
+    gt_list = sorted(str(p) for p in (Path(gt_root) / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+    ev.args.predictionPath, ev.args.predictionWalk = str(pred_root), None
+    pred_list = [ev.getPrediction(ev.args, g) for g in gt_list]
+    return ev.evaluateImgLists(pred_list, gt_list, ev.args)
+
+
+def max_difference(official: dict, ours: dict) -> float:
+    """Largest absolute difference over every score and average; inf if NaN patterns or matrices differ."""
+    if not np.array_equal(np.asarray(official["confMatrix"], dtype=np.int64), np.asarray(ours["confMatrix"])):
+        return math.inf
+    pairs = [(official[f][k], ours[f][k]) for f in SCORE_FIELDS for k in official[f]]
+    pairs += [(official[f], ours[f]) for f in AVERAGE_FIELDS]
+    worst = 0.0
+    for a, b in pairs:
+        if math.isnan(a) != math.isnan(b):
+            return math.inf
+        if not math.isnan(a):
+            worst = max(worst, abs(a - b))
+    return worst
+
+
+class _DecodedImages:
+    """Stands in for ``PIL.Image`` inside the official module: ``open`` returns an already-decoded image."""
+
+    def __init__(self, images: dict[str, Image.Image]) -> None:
+        self.images = images
+
+    def open(self, path: str) -> Image.Image:
+        return self.images[str(path)]
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    """CPU model, core count and library versions, for the benchmark table."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}"
+
+
+def bench_eval(work_dir: Path, n_images: int = 20, height: int = 1024, width: int = 2048, repeats: int = 3,
+               workers: int = 2, seed: int = 0) -> dict:
+    """Time both comparisons and check the values; returns the figures (seconds, speed-ups, max diff)."""
+    gt_root, pred_root = write_synthetic_set(Path(work_dir), n_images, height, width, seed)
+    pairs = find_cityscapes_pairs(gt_root, pred_root)
+    images = {str(p): Image.open(p) for pair in pairs for p in pair}
+    for img in images.values():
+        img.load()
+    arrays = [tuple(np.array(images[str(p)]) for p in pair) for pair in pairs]
+
+    def ours_in_memory() -> CityscapesEvaluator:
+        acc = CityscapesEvaluator()
+        for pred, gt, inst in arrays:
+            acc.update(pred, gt, inst)
+        return acc
+
+    with official_evaluator() as ev:
+        real_image = ev.Image
+        try:
+            ev.Image = _DecodedImages(images)
+            conf, stats = ev.generateMatrix(ev.args), ev.generateInstanceStats(ev.args)
+
+            def official_in_memory() -> None:
+                for pred, gt, _ in pairs:
+                    ev.evaluatePair(str(pred), str(gt), conf, stats, {}, ev.args)
+
+            t_official_img = _median_time(official_in_memory, repeats) / n_images
+        finally:
+            ev.Image = real_image
+        t_ours_img = _median_time(ours_in_memory, repeats) / n_images
+        same_matrix = np.array_equal(conf, repeats * ours_in_memory().state["conf"].numpy())
+
+        official = official_folder_result(ev, gt_root, pred_root)
+        t_official_e2e = _median_time(lambda: official_folder_result(ev, gt_root, pred_root), repeats)
+    ours = evaluate_cityscapes_folders(gt_root, pred_root, workers=workers, progress=False)
+    t_ours_e2e = _median_time(lambda: evaluate_cityscapes_folders(gt_root, pred_root, workers=workers,
+                                                                  progress=False), repeats)
+    return {
+        "machine": machine(),
+        "images": n_images, "size": f"{width}x{height}", "repeats": repeats, "workers": workers,
+        "per_image_official_s": t_official_img, "per_image_ours_s": t_ours_img,
+        "per_image_speedup": t_official_img / t_ours_img,
+        "end_to_end_official_s": t_official_e2e, "end_to_end_ours_s": t_ours_e2e,
+        "end_to_end_speedup": t_official_e2e / t_ours_e2e,
+        "in_memory_confusion_equal": bool(same_matrix),
+        "max_abs_difference": max_difference(official, ours.official_dict()),
+        "mIoU": ours.average_scores["averageScoreClasses"],
+    }
+
+
+def markdown(figures: dict) -> str:
+    """The docs/benchmarks.md rows for one run."""
+    f = figures
+    return "\n".join([
+        f"Machine: {f['machine']}. Data: {f['images']} synthetic pairs of {f['size']} (reference §4 recipe), "
+        f"median of {f['repeats']} runs, {f['workers']} decode workers.",
+        "",
+        "| comparison | cityscapesscripts 2.3.0 | segrepro | speed-up |",
+        "|---|---|---|---|",
+        f"| per-image update, decoded arrays (confusion + instance terms) | {f['per_image_official_s'] * 1e3:.1f} ms "
+        f"| {f['per_image_ours_s'] * 1e3:.2f} ms | {f['per_image_speedup']:.1f}× |",
+        f"| end to end on the PNG folder, decoding included | {f['end_to_end_official_s']:.2f} s "
+        f"| {f['end_to_end_ours_s']:.2f} s | {f['end_to_end_speedup']:.1f}× |",
+        "",
+        f"Values: confusion matrices equal: {f['in_memory_confusion_equal']}; largest absolute difference over all "
+        f"class/category IoU, iIoU and averages: {f['max_abs_difference']:.1e} (mIoU {f['mIoU']:.5f}).",
+    ])

@@ -1,0 +1,331 @@
+"""Cityscapes pixel-level metrics, equal to cityscapesscripts' ``evalPixelLevelSemanticLabeling``.
+
+The official script builds a 34×34 labelId confusion matrix and loops over instances with one full-image
+mask each. Here the matrix is one ``bincount`` over ``gt*34+pred`` and the instance terms one ``bincount``
+over ``instanceId*11 + predCode`` (predCode = which instance-class labelId was predicted, 0 for any other),
+both on the inputs' device; only the per-instance rows (a few dozen) are touched afterwards. The formulas
+(reference/cityscapes_eval_and_submission.md §1) are applied to the accumulated sums in :meth:`compute`.
+Edge cases kept on purpose: ignored-id predictions are FN, FP counts only non-ignored GT rows, NaN scores
+leave the averages, vehicle iIoU predictions include caravan/trailer, weights are avgClassSize/size.
+Instance ids whose class has no instances or is unknown (which crash the official script) are skipped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from segrepro.data import cityscapes_labels as csl
+from segrepro.errors import UserError
+from segrepro.evaluation.confusion import as_tensor, bincount_confusion, nanmean
+from segrepro.io import atomic_write_text
+
+N = csl.NUM_LABEL_IDS  # 34 labelIds, 0..33
+FIRST_INST_ID = 24  # person; labelIds 24..33 are the classes with instances
+N_CODES = N - FIRST_INST_ID + 1  # predCode 0 = "not an instance-class id", 1..10 = labelIds 24..33
+
+
+def _tables() -> dict[str, np.ndarray]:
+    """Static per-labelId tables derived from the official label list."""
+    by_id = {lab.id: lab for lab in csl.LABELS if lab.id >= 0}
+    evaluated = np.array([not by_id[i].ignoreInEval for i in range(N)])
+    inst_class = np.array([by_id[i].hasInstances and not by_id[i].ignoreInEval for i in range(N)])
+    sizes = csl.avg_instance_size()
+    avg = np.array([sizes.get(by_id[i].name, np.nan) for i in range(N)], dtype=np.float64)
+    cats = csl.category_names()
+    cat_of = np.array([cats.index(by_id[i].category) for i in range(N)])
+    cat_iou = np.zeros((len(cats), N), dtype=bool)  # non-ignored members: category IoU
+    cat_inst = np.zeros((len(cats), N), dtype=bool)  # all members, only where every member has instances
+    for k, cat in enumerate(cats):
+        members = csl.category_labels(cat)
+        cat_iou[k, [lab.id for lab in members if not lab.ignoreInEval]] = True
+        if all(lab.hasInstances for lab in members):
+            cat_inst[k, [lab.id for lab in members]] = True
+    # code_in_cat[k, code]: predicting the labelId behind `code` is a category hit for category k.
+    code_in_cat = np.zeros((len(cats), N_CODES), dtype=bool)
+    code_in_cat[:, 1:] = cat_inst[:, FIRST_INST_ID:]
+    return {"evaluated": evaluated, "inst_class": inst_class, "avg": avg, "cat_of": cat_of,
+            "cat_iou": cat_iou, "cat_inst": cat_inst, "code_in_cat": code_in_cat}
+
+
+TABLES = _tables()
+LABEL_NAMES = [csl.cs_labels.id2label[i].name for i in range(N)]
+CATEGORY_NAMES = csl.category_names()
+
+
+def _score(tp: float, fp: float, fn: float) -> float:
+    """tp / (tp + fp + fn) in the official summation order; NaN for an empty denominator."""
+    denom = tp + fp + fn
+    return float(tp) / denom if denom != 0 else float("nan")
+
+
+@dataclass
+class CityscapesResult:
+    """Final scores keyed like the official JSON (label / category names; NaN where not defined)."""
+
+    class_scores: dict[str, float]
+    class_inst_scores: dict[str, float]
+    category_scores: dict[str, float]
+    category_inst_scores: dict[str, float]
+    conf_matrix: np.ndarray
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def average_scores(self) -> dict[str, float]:
+        return {
+            "averageScoreClasses": nanmean(np.array(list(self.class_scores.values()))),
+            "averageScoreInstClasses": nanmean(np.array(list(self.class_inst_scores.values()))),
+            "averageScoreCategories": nanmean(np.array(list(self.category_scores.values()))),
+            "averageScoreInstCategories": nanmean(np.array(list(self.category_inst_scores.values()))),
+        }
+
+    def official_dict(self) -> dict:
+        """The fields of cityscapesscripts' result dict / JSON, same names and values."""
+        total = int(self.conf_matrix.sum())
+        return {
+            "confMatrix": self.conf_matrix.tolist(),
+            "priors": {LABEL_NAMES[i]: float(self.conf_matrix[i].sum()) / total for i in range(N)},
+            "labels": {LABEL_NAMES[i]: i for i in range(N)},
+            "classScores": dict(self.class_scores),
+            "classInstScores": dict(self.class_inst_scores),
+            "categoryScores": dict(self.category_scores),
+            "categoryInstScores": dict(self.category_inst_scores),
+            **self.average_scores,
+        }
+
+    def to_json_dict(self) -> dict:
+        """Official fields plus segrepro's own counts under ``"segrepro"`` (never mixed in)."""
+        return {**self.official_dict(), "segrepro": self.extras}
+
+    def table(self) -> str:
+        """The official printed layout: classes (IoU, nIoU), then categories, each with "Score Average"."""
+        avg = self.average_scores
+        rule = "-" * 32
+        lines = ["classes          IoU      nIoU", rule]
+        for i in range(N):
+            if TABLES["evaluated"][i]:
+                name = LABEL_NAMES[i]
+                lines.append(f"{name:<14}: {self.class_scores[name]:>5.3f}    {self.class_inst_scores[name]:>5.3f}")
+        lines += [rule, f"Score Average : {avg['averageScoreClasses']:5.3f}    {avg['averageScoreInstClasses']:5.3f}",
+                  rule, "", "categories       IoU      nIoU", rule]
+        for k, cat in enumerate(CATEGORY_NAMES):
+            if TABLES["cat_iou"][k].any():
+                lines.append(f"{cat:<14}: {self.category_scores[cat]:>5.3f}    {self.category_inst_scores[cat]:>5.3f}")
+        lines += [rule, f"Score Average : {avg['averageScoreCategories']:5.3f}    {avg['averageScoreInstCategories']:5.3f}",
+                  rule]
+        return "\n".join(lines)
+
+
+class CityscapesEvaluator:
+    """Accumulator: :meth:`update` per image (or batch), :meth:`merge` across processes, :meth:`compute` once.
+
+    All state is in :attr:`state` (tensors on one device), so a distributed run can ``all_reduce`` each
+    entry with SUM and call :meth:`compute` anywhere.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        n_cat = len(CATEGORY_NAMES)
+        f64 = {"dtype": torch.float64, "device": self.device}
+        i64 = {"dtype": torch.int64, "device": self.device}
+        self.state: dict[str, torch.Tensor] = {
+            "conf": torch.zeros(N, N, **i64),
+            "inst_count": torch.zeros(N, **i64),
+            "inst_tp": torch.zeros(N, **i64),
+            "inst_fn": torch.zeros(N, **i64),
+            "inst_tp_w": torch.zeros(N, **f64),
+            "inst_fn_w": torch.zeros(N, **f64),
+            "cat_tp_w": torch.zeros(n_cat, **f64),
+            "cat_fn_w": torch.zeros(n_cat, **f64),
+            "images": torch.zeros((), **i64),
+        }
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in TABLES.items()}
+        self._inst_class, self._avg, self._cat_of, self._code_in_cat = (
+            t["inst_class"], t["avg"], t["cat_of"], t["code_in_cat"])
+
+    def update(self, pred_label_ids: torch.Tensor | np.ndarray, gt_label_ids: torch.Tensor | np.ndarray,
+               gt_instance_ids: torch.Tensor | np.ndarray | None = None) -> None:
+        """Add images of labelIds (``(H, W)`` or ``(B, H, W)``); instanceIds enable the iIoU terms.
+
+        Raises ValueError for shapes that differ or ids outside 0..33 (the official script crashes there).
+        """
+        pred = as_tensor(pred_label_ids, self.device)
+        gt = as_tensor(gt_label_ids, self.device)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction size {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
+        for what, t in (("prediction", pred), ("ground truth", gt)):
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= N:
+                raise ValueError(f"{what} holds id {hi if hi >= N else lo}; labelIds must be 0..{N - 1}"
+                                 + (" (trainIds or the 255 ignore value written by mistake?)" if hi >= N else ""))
+        s = self.state
+        s["conf"] += bincount_confusion(gt, pred, N, N)
+        s["images"] += 1 if gt.dim() == 2 else gt.shape[0]
+        if gt_instance_ids is not None:
+            self._update_instances(pred, as_tensor(gt_instance_ids, self.device))
+
+    def _update_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
+        if inst.shape != pred.shape:
+            raise ValueError(f"instance map size {tuple(inst.shape)} differs from prediction {tuple(pred.shape)}")
+        inst = inst.to(torch.int32)
+        n_rows = int(inst.max()) + 1
+        if n_rows <= 1001:
+            return  # no instance id > 1000 in this image
+        code = (pred.to(torch.int32) - (FIRST_INST_ID - 1)).clamp_(min=0)
+        hist = torch.bincount((inst * N_CODES + code).reshape(-1), minlength=n_rows * N_CODES).view(n_rows, N_CODES)
+        hist = hist[1001:]
+        size = hist.sum(1)
+        ids = torch.arange(1001, n_rows, device=self.device)
+        lab = torch.div(ids, 1000, rounding_mode="floor")
+        keep = (size > 0) & (lab < N)
+        keep &= self._inst_class[lab.clamp(max=N - 1)]
+        hist, size, lab = hist[keep], size[keep], lab[keep]
+        tp = hist.gather(1, (lab - (FIRST_INST_ID - 1)).unsqueeze(1)).squeeze(1)
+        cat = self._cat_of[lab]
+        cat_tp = (hist * self._code_in_cat[cat]).sum(1)
+        weight = self._avg[lab] / size.to(torch.float64)  # official: avgClassSize / float(instSize)
+        s = self.state
+        s["inst_count"].index_add_(0, lab, torch.ones_like(lab))
+        s["inst_tp"].index_add_(0, lab, tp)
+        s["inst_fn"].index_add_(0, lab, size - tp)
+        s["inst_tp_w"].index_add_(0, lab, tp.to(torch.float64) * weight)
+        s["inst_fn_w"].index_add_(0, lab, (size - tp).to(torch.float64) * weight)
+        s["cat_tp_w"].index_add_(0, cat, cat_tp.to(torch.float64) * weight)
+        s["cat_fn_w"].index_add_(0, cat, (size - cat_tp).to(torch.float64) * weight)
+
+    def merge(self, other: CityscapesEvaluator | dict[str, torch.Tensor | np.ndarray]) -> CityscapesEvaluator:
+        """In-place sum of another accumulator or its :attr:`state` (another process, shard or worker)."""
+        state = other.state if isinstance(other, CityscapesEvaluator) else other
+        for k, v in state.items():
+            self.state[k] += as_tensor(v, self.device)
+        return self
+
+    def compute(self) -> CityscapesResult:
+        s = {k: v.cpu().numpy() for k, v in self.state.items()}
+        conf = s["conf"]
+        ev = TABLES["evaluated"]
+        tp = np.diagonal(conf)
+        fn = conf.sum(1) - tp
+        fp = conf[ev].sum(0) - np.where(ev, tp, 0)  # GT rows of non-ignored labels other than c
+        class_scores, class_inst = {}, {}
+        for i, name in enumerate(LABEL_NAMES):
+            class_scores[name] = _score(float(tp[i]), int(fp[i]), int(fn[i])) if ev[i] else float("nan")
+            class_inst[name] = (_score(s["inst_tp_w"][i], int(fp[i]), s["inst_fn_w"][i])
+                                if TABLES["inst_class"][i] else float("nan"))
+        cat_scores, cat_inst = {}, {}
+        for k, cat in enumerate(CATEGORY_NAMES):
+            others = ev & (TABLES["cat_of"] != k)  # non-ignored GT rows outside the category
+            ids = TABLES["cat_iou"][k]
+            if ids.any():
+                c_tp = int(conf[np.ix_(ids, ids)].sum())
+                cat_scores[cat] = _score(float(c_tp), int(conf[np.ix_(others, ids)].sum()), int(conf[ids].sum()) - c_tp)
+            else:
+                cat_scores[cat] = float("nan")
+            ids = TABLES["cat_inst"][k]
+            cat_inst[cat] = (_score(s["cat_tp_w"][k], int(conf[np.ix_(others, ids)].sum()), s["cat_fn_w"][k])
+                             if ids.any() else float("nan"))
+        extras = {
+            "num_images": int(s["images"]),
+            "num_pixels": int(conf.sum()),
+            "class_counts": {LABEL_NAMES[i]: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])}
+                             for i in range(N) if ev[i]},
+            "instance_counts": {LABEL_NAMES[i]: {"instances": int(s["inst_count"][i]), "tp": int(s["inst_tp"][i]),
+                                                 "fn": int(s["inst_fn"][i])}
+                                for i in range(N) if TABLES["inst_class"][i]},
+        }
+        return CityscapesResult(class_scores, class_inst, cat_scores, cat_inst, conf.copy(), extras)
+
+
+# --- PNG folders in the official layout -------------------------------------------------------------
+
+
+def find_cityscapes_pairs(gt_root: Path, pred_root: Path, split: str = "val") -> list[tuple[Path, Path, Path]]:
+    """(prediction, labelIds GT, instanceIds GT) per GT image, matched as the official ``getPrediction`` does.
+
+    GT: ``gt_root/gtFine/<split>/<city>/*_gtFine_labelIds.png``. A prediction is any ``<city>_<seq>_<frame>*.png``
+    anywhere under ``pred_root``; none or several for one GT image is a UserError naming the file.
+    """
+    gt_files = sorted((Path(gt_root) / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+    if not gt_files:
+        raise UserError(f"no ground truth under {Path(gt_root) / 'gtFine' / split}/<city>/*_gtFine_labelIds.png; "
+                        "point --gt-root at the folder that holds gtFine/")
+    if not Path(pred_root).is_dir():
+        raise UserError(f"prediction folder {pred_root} does not exist")
+    preds = sorted((p.name, p) for p in Path(pred_root).rglob("*.png"))
+    names = [n for n, _ in preds]
+    pairs = []
+    for gt in gt_files:
+        key = "_".join(gt.name.split("_")[:3])  # <city>_<seq>_<frame>, the official pattern without '*.png'
+        lo = bisect.bisect_left(names, key)
+        hi = bisect.bisect_left(names, key + "\U0010ffff")
+        if hi == lo:
+            raise UserError(f"no prediction for {gt}: expected a file {key}*.png under {pred_root}")
+        if hi - lo > 1:
+            raise UserError(f"several predictions for {gt}: {preds[lo][1]} and {preds[lo + 1][1]} (keep one)")
+        inst = gt.with_name(gt.name.replace("labelIds", "instanceIds"))
+        pairs.append((preds[lo][1], gt, inst))
+    return pairs
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            arr = np.array(img)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if arr.ndim != 2:
+        raise UserError(f"{path} has {arr.shape[2]} channels; predictions must be single-channel labelId PNGs")
+    return arr
+
+
+def _evaluate_pair(pair: tuple[Path, Path, Path]) -> dict[str, np.ndarray]:
+    """Decode and accumulate one image (in a worker); only the small state travels back."""
+    pred_path, gt_path, inst_path = pair
+    pred, gt, inst = _read_png(pred_path), _read_png(gt_path), _read_png(inst_path)
+    if pred.shape != gt.shape:
+        raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} is "
+                        f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the GT size")
+    acc = CityscapesEvaluator()
+    try:
+        acc.update(pred, gt, inst)
+    except ValueError as err:
+        raise UserError(f"{pred_path}: {err}") from None
+    return {k: v.numpy() for k, v in acc.state.items()}
+
+
+def evaluate_cityscapes_folders(gt_root: Path, pred_root: Path, split: str = "val", workers: int = 2,
+                                progress: bool = True) -> CityscapesResult:
+    """The official evaluator's numbers for a folder of labelId PNGs, decoding in ``workers`` processes."""
+    pairs = find_cityscapes_pairs(gt_root, pred_root, split)
+    acc = CityscapesEvaluator()
+    bar = tqdm(total=len(pairs), desc="cityscapes metrics", unit="img", disable=not progress)
+    pool = None
+    if workers > 0:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads,
+                                   initargs=(1,))
+    try:
+        for state in (pool.map(_evaluate_pair, pairs) if pool else map(_evaluate_pair, pairs)):
+            acc.merge(state)
+            bar.update(1)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    bar.close()
+    result = acc.compute()
+    result.extras.update({"gt_root": str(gt_root), "pred_root": str(pred_root), "split": split})
+    return result
+
+
+def write_result_json(result: CityscapesResult, path: Path) -> None:
+    """Official field names plus the ``segrepro`` extras, written atomically (NaN as the official JSON has it)."""
+    atomic_write_text(path, json.dumps(result.to_json_dict(), indent=2, sort_keys=True) + "\n")
