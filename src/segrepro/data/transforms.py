@@ -1,0 +1,336 @@
+"""Per-method augmentation and input normalisation, as the official training scripts do them.
+
+A transform is a callable on the sample dict ``{"image": HxWx3 uint8 RGB, "label": HxW uint8, "name": str}``.
+Random transforms draw from an optional ``torch.Generator`` (default: torch's global RNG, which the
+DataLoader seeds per worker), so a seeded generator reproduces a pipeline exactly.
+Resizing is done with torch: bilinear with half-pixel centres and no antialiasing equals cv2's
+INTER_LINEAR that the official code uses; the label uses cv2's INTER_NEAREST rule (floor of dst·src/dst).
+The only normalisation table is :data:`NORMALIZATION`; engine and evaluation read it from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from segrepro.errors import UserError
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``(x[channels] * scale - mean) / std`` with ``channels`` "BGR" (cv2-read Caffe style) or "RGB"."""
+
+    channels: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CAFFE_BGR = Normalization("BGR", 1.0, (104.00698793, 116.66876762, 122.67891434), (1.0, 1.0, 1.0))
+ANN_BGR = Normalization("BGR", 1.0, (102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0))
+IMAGENET_RGB = Normalization("RGB", 1.0 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# ACFNet is stated identical to AlignSeg (acfnet.md §6); GALD has no --rgb; DGCNet passes --rgb 1.
+NORMALIZATION: dict[str, Normalization] = {
+    "alignseg": CAFFE_BGR,
+    "acfnet": CAFFE_BGR,
+    "gald": CAFFE_BGR,
+    "dgcnet": IMAGENET_RGB,
+    "ann": ANN_BGR,
+    "alignseg_ssl": IMAGENET_RGB,
+}
+
+# Official training crops (reference/README.md "crop / scale aug"); SSL uses 224² multi-crop, 448² eval.
+TRAIN_CROP: dict[str, int] = {"alignseg": 872, "acfnet": 769, "gald": 769, "dgcnet": 832, "ann": 769, "alignseg_ssl": 224}
+ALIGNSEG_SCALES: tuple[float, ...] = tuple(0.7 + k / 10 for k in range(15))  # 0.7 + randint(0,14)/10
+
+
+def _rand(gen: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=gen))
+
+
+def _randint(gen: torch.Generator | None, low: int, high: int) -> int:
+    """Uniform integer in [low, high] (inclusive)."""
+    return int(torch.randint(low, high + 1, (), generator=gen))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.INTER_LINEAR-equivalent resize of an HxWxC image to ``size`` = (h, w); keeps uint8 by rounding."""
+    if image.shape[:2] == tuple(size):
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    if image.dtype == np.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.numpy()
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.INTER_NEAREST-equivalent resize: source index floor(dst · src / dst_size)."""
+    h, w = label.shape[:2]
+    rows = np.minimum((np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+def _resized(sample: Sample, size: tuple[int, int]) -> Sample:
+    out = dict(sample, image=resize_image(sample["image"], size))
+    if sample.get("label") is not None:
+        out["label"] = resize_label(sample["label"], size)
+    return out
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+class RandomScaleChoice:
+    """AlignSeg/ACFNet/GALD/DGCNet: scale both sides by a factor drawn from a discrete set."""
+
+    def __init__(self, scales: Sequence[float] = ALIGNSEG_SCALES, generator: torch.Generator | None = None) -> None:
+        self.scales, self.generator = tuple(scales), generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        f = self.scales[_randint(self.generator, 0, len(self.scales) - 1)]
+        h, w = sample["image"].shape[:2]
+        return _resized(sample, (int(round(h * f)), int(round(w * f))))
+
+
+class RandomResize:
+    """ANN: scale s ~ U(lo, hi) and aspect a ~ U(lo, hi); new size (h·s/√a, w·s·√a)."""
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), aspect_range: tuple[float, float] = (0.9, 1.1),
+                 generator: torch.Generator | None = None) -> None:
+        self.scale_range, self.aspect_range, self.generator = scale_range, aspect_range, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        s = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * _rand(self.generator)
+        a = self.aspect_range[0] + (self.aspect_range[1] - self.aspect_range[0]) * _rand(self.generator)
+        h, w = sample["image"].shape[:2]
+        return _resized(sample, (max(1, int(h * s / math.sqrt(a))), max(1, int(w * s * math.sqrt(a)))))
+
+
+class RandomBrightness:
+    """ANN: add one integer shift in [-delta, delta] to every channel of the uint8 image, then clip."""
+
+    def __init__(self, delta: int = 10, generator: torch.Generator | None = None) -> None:
+        self.delta, self.generator = delta, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        shift = _randint(self.generator, -self.delta, self.delta)
+        image = np.clip(sample["image"].astype(np.int16) + shift, 0, 255).astype(np.uint8)
+        return dict(sample, image=image)
+
+
+class Normalize:
+    """Uint8 RGB → float32 HxWx3 in the method's channel order, scaled, mean-subtracted, std-divided."""
+
+    def __init__(self, norm: Normalization) -> None:
+        self.norm = norm
+        self.mean = np.asarray(norm.mean, np.float32)
+        self.inv_std = (1.0 / np.asarray(norm.std, np.float64)).astype(np.float32)
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = sample["image"]
+        if self.norm.channels == "BGR":
+            image = image[..., ::-1]
+        x = image.astype(np.float32)
+        if self.norm.scale != 1.0:
+            x *= np.float32(self.norm.scale)
+        x -= self.mean
+        if self.norm.std != (1.0, 1.0, 1.0):
+            x *= self.inv_std
+        return dict(sample, image=x)
+
+
+class PadTo:
+    """Pad to at least (h, w) with ``image_fill`` (0 = the mean after normalisation) and ignore labels.
+
+    ``position="bottom_right"`` pads bottom/right (AlignSeg family); ``"random"`` places the image at a
+    random offset (ANN's collate step).
+    """
+
+    def __init__(self, size: tuple[int, int], position: str = "bottom_right", image_fill: float = 0.0,
+                 label_fill: int = IGNORE_INDEX, generator: torch.Generator | None = None) -> None:
+        if position not in ("bottom_right", "random"):
+            raise UserError(f"PadTo position must be 'bottom_right' or 'random', got {position!r}")
+        self.size, self.position, self.generator = size, position, generator
+        self.image_fill, self.label_fill = image_fill, label_fill
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = sample["image"]
+        h, w = image.shape[:2]
+        ph, pw = max(self.size[0] - h, 0), max(self.size[1] - w, 0)
+        if ph == 0 and pw == 0:
+            return sample
+        top = _randint(self.generator, 0, ph) if self.position == "random" else 0
+        left = _randint(self.generator, 0, pw) if self.position == "random" else 0
+        pads = ((top, ph - top), (left, pw - left))
+        out = dict(sample, image=np.pad(image, pads + ((0, 0),), constant_values=self.image_fill))
+        if sample.get("label") is not None:
+            out["label"] = np.pad(sample["label"], pads, constant_values=self.label_fill)
+        return out
+
+
+class RandomCrop:
+    """Crop min(size, image size) at a uniformly random position (pad first for a fixed output size)."""
+
+    def __init__(self, size: tuple[int, int], generator: torch.Generator | None = None) -> None:
+        self.size, self.generator = size, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+        top, left = _randint(self.generator, 0, h - ch), _randint(self.generator, 0, w - cw)
+        out = dict(sample, image=sample["image"][top:top + ch, left:left + cw])
+        if sample.get("label") is not None:
+            out["label"] = sample["label"][top:top + ch, left:left + cw]
+        return out
+
+
+class RandomHorizontalFlip:
+    """Flip image and label together with probability p."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        self.p, self.generator = p, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if _rand(self.generator) >= self.p:
+            return sample
+        out = dict(sample, image=sample["image"][:, ::-1])
+        if sample.get("label") is not None:
+            out["label"] = sample["label"][:, ::-1]
+        return out
+
+
+class Resize:
+    """Fixed-size resize ignoring aspect (AlignSeg-SSL eval): PIL bilinear image, nearest label.
+
+    ``label_size`` lets the label go to a different size (the SSL metric resizes GT 448 → 100).
+    """
+
+    def __init__(self, size: tuple[int, int], label_size: tuple[int, int] | None = None) -> None:
+        self.size, self.label_size = size, label_size
+
+    def __call__(self, sample: Sample) -> Sample:
+        pil = Image.fromarray(sample["image"]).resize((self.size[1], self.size[0]), Image.BILINEAR)
+        out = dict(sample, image=np.asarray(pil))
+        if sample.get("label") is not None:
+            label = np.asarray(Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.NEAREST))
+            if self.label_size is not None:
+                label = np.asarray(Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.NEAREST))
+            out["label"] = label
+        return out
+
+
+class ToTensor:
+    """HxWxC float image → CHW float32 tensor; label → int64 tensor (255 stays the ignore index)."""
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32)).permute(2, 0, 1).contiguous()
+        out = dict(sample, image=image)
+        if sample.get("label") is not None:
+            out["label"] = torch.from_numpy(np.ascontiguousarray(sample["label"]).astype(np.int64))
+        return out
+
+
+def _crop_box(gen: torch.Generator | None, h: int, w: int, scale: tuple[float, float],
+              ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """RandomResizedCrop box (top, left, h, w): area fraction ~ U(scale), log-uniform aspect, 10 tries."""
+    for _ in range(10):
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * _rand(gen))
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(gen))
+        cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return _randint(gen, 0, h - ch), _randint(gen, 0, w - cw), ch, cw
+    ch, cw = h, w  # fallback: the largest centred box with an allowed aspect
+    if w / h < ratio[0]:
+        ch = min(h, int(round(w / ratio[0])))
+    elif w / h > ratio[1]:
+        cw = min(w, int(round(h * ratio[1])))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    dh = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    dw = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(dh, 0) * max(dw, 0)
+
+
+class MultiCrop:
+    """AlignSeg-SSL training views: 1 global (scale 0.5–1) + ``n_local`` local crops (0.05–0.25), all
+    resized to ``size``² (PIL bilinear), each local box re-drawn until it overlaps the global box by more
+    than ``min_overlap`` × image area. No flip, no colour jitter (``augment_image: False``)."""
+
+    def __init__(self, size: int = 224, n_local: int = 2, global_scale: tuple[float, float] = (0.5, 1.0),
+                 local_scale: tuple[float, float] = (0.05, 0.25), min_overlap: float = 0.05,
+                 norm: Normalization = IMAGENET_RGB, generator: torch.Generator | None = None) -> None:
+        self.size, self.n_local, self.generator = size, n_local, generator
+        self.global_scale, self.local_scale, self.min_overlap = global_scale, local_scale, min_overlap
+        self.finish = Compose([Normalize(norm), ToTensor()])
+
+    def __call__(self, sample: Sample) -> Sample:
+        pil = Image.fromarray(sample["image"])
+        h, w = sample["image"].shape[:2]
+        boxes = [_crop_box(self.generator, h, w, self.global_scale)]
+        for _ in range(self.n_local):
+            for _ in range(100):  # bounded: a tiny image may make the overlap rule unsatisfiable
+                box = _crop_box(self.generator, h, w, self.local_scale)
+                if _overlap(box, boxes[0]) > self.min_overlap * h * w:
+                    break
+            boxes.append(box)
+        crops = []
+        for top, left, ch, cw in boxes:
+            view = pil.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+            crops.append(self.finish({"image": np.asarray(view)})["image"])
+        return {"crops": crops, "name": sample.get("name", "")}
+
+
+def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | None = None,
+                     generator: torch.Generator | None = None) -> Compose:
+    """The official train or eval pipeline of ``method`` (a key of :data:`NORMALIZATION`).
+
+    Eval pipelines only normalise (sliding-window tiling is the evaluator's job), except AlignSeg-SSL,
+    which resizes to 448² and its GT to 100² as its metric does.
+    """
+    if method not in NORMALIZATION:
+        raise UserError(f"unknown method {method!r} for transforms; choose one of: {', '.join(NORMALIZATION)}")
+    norm = NORMALIZATION[method]
+    size = crop if crop is not None else TRAIN_CROP[method]
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if method == "alignseg_ssl":
+        if train:
+            return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
+        eval_hw = (448, 448) if crop is None else hw
+        return Compose([Resize(eval_hw, label_size=(100, 100)), Normalize(norm), ToTensor()])
+    if not train:
+        return Compose([Normalize(norm), ToTensor()])
+    if method == "ann":
+        return Compose([
+            RandomResize(generator=generator), RandomCrop(hw, generator=generator),
+            RandomBrightness(10, generator=generator), RandomHorizontalFlip(0.5, generator=generator),
+            Normalize(norm), PadTo(hw, position="random", generator=generator), ToTensor(),
+        ])
+    return Compose([
+        RandomScaleChoice(generator=generator), Normalize(norm), PadTo(hw, position="bottom_right"),
+        RandomCrop(hw, generator=generator), RandomHorizontalFlip(0.5, generator=generator), ToTensor(),
+    ])
