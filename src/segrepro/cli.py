@@ -92,8 +92,52 @@ def checkpoint_export(
     typer.echo(f"{n} tensors written to {dst}")
 
 
+# --- metrics ------------------------------------------------------------------------------------
+
+metrics_app = typer.Typer(help="Metrics on folders of prediction PNGs (the official evaluators' numbers).",
+                          no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("cityscapes")
+def metrics_cityscapes(
+    gt_root: Path = typer.Option(..., "--gt-root", help="Folder holding gtFine/<split>/<city>/*_gtFine_{labelIds,instanceIds}.png."),
+    pred_root: Path = typer.Option(..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."),
+    split: str = typer.Option("val", "--split", help="gtFine split to evaluate."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."),
+    workers: int = typer.Option(2, "--workers", help="PNG decode processes (0: decode in this process)."),
+) -> None:
+    """IoU/iIoU per class and category, equal to cityscapesscripts' evalPixelLevelSemanticLabeling."""
+    from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders, write_result_json
+
+    result = evaluate_cityscapes_folders(gt_root, pred_root, split, workers=workers)
+    typer.echo(result.table())
+    if json_out is not None:
+        write_result_json(result, json_out)
+        typer.echo(f"written {json_out}")
+
+
 # --- bench --------------------------------------------------------------------------------------
 # (one subcommand per layer: data, models, train, eval)
+
+
+@bench_app.command("eval")
+def bench_eval_cmd(
+    images: int = typer.Option(20, "--images", help="Synthetic GT/prediction pairs to generate."),
+    size: str = typer.Option("1024x2048", "--size", help="Image size HxW (Cityscapes: 1024x2048)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed runs per figure (the median is reported)."),
+    workers: int = typer.Option(2, "--workers", help="Decode processes for the folder evaluation."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where to write the PNGs (default: a temp dir)."),
+) -> None:
+    """Cityscapes metric speed vs cityscapesscripts (per-image update and PNG folder), values checked equal."""
+    import tempfile
+
+    from segrepro.evaluation.bench import bench_eval, markdown
+
+    height, width = (int(v) for v in size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = bench_eval(work_dir or Path(tmp), images, height, width, repeats, workers)
+    typer.echo(markdown(figures))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

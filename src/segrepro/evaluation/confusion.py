@@ -37,18 +37,19 @@ def bincount_confusion(gt: torch.Tensor, pred: torch.Tensor, num_gt: int, num_pr
     return torch.bincount(key, minlength=num_gt * num_pred).view(num_gt, num_pred)
 
 
-def iou_from_confusion(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> np.ndarray:
+def iou_from_confusion(tp: torch.Tensor | np.ndarray, fp: torch.Tensor | np.ndarray,
+                       fn: torch.Tensor | np.ndarray) -> np.ndarray:
     """IoU per class in float64; NaN where TP+FP+FN = 0 (the class never appears), as every evaluator does."""
-    tp, fp, fn = (np.asarray(v.cpu(), dtype=np.float64) for v in (tp, fp, fn))
+    tp, fp, fn = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in (tp, fp, fn))
     denom = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, tp / np.where(denom > 0, denom, 1.0), np.nan)
 
 
 def nanmean(values: np.ndarray) -> float:
-    """Mean over the non-NaN entries, NaN when there are none (no RuntimeWarning)."""
-    valid = values[~np.isnan(values)]
-    return float(valid.sum() / valid.size) if valid.size else float("nan")
+    """Mean over the non-NaN entries, NaN when there are none; summed left to right like cityscapesscripts."""
+    valid = [float(v) for v in np.asarray(values, dtype=np.float64).ravel() if not np.isnan(v)]
+    return sum(valid) / len(valid) if valid else float("nan")
 
 
 @dataclass(frozen=True)
