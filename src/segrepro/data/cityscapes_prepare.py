@@ -115,11 +115,11 @@ def _city_problems(folders: dict[str, Path], city_counts: dict[str, dict[str, in
         have = city_counts.get(split, {})
         for city in sorted(have.keys() - official.keys()):
             out.append(problem(folders[split] / city, f"'{city}' is not an official {split} city", "move it to its own split or remove it"))
-        for city in sorted(official.keys() - have.keys()):
-            out.append(problem(folders[split] / city, f"official {split} city '{city}' is missing", "restore it from the official archive"))
         for city in sorted(official.keys() & have.keys()):
             if have[city] != official[city]:
                 out.append(problem(folders[split] / city, f"{have[city]} images, the official set has {official[city]}", "restore the complete city folder"))
+        for city in sorted(official.keys() - have.keys()):
+            out.append(problem(folders[split] / city, f"official {split} city '{city}' is missing", "restore it from the official archive"))
     return out
 
 
