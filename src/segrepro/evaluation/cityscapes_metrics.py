@@ -171,11 +171,14 @@ class CityscapesEvaluator:
         s["conf"] += bincount_confusion(gt, pred, N, N)
         s["images"] += 1 if gt.dim() == 2 else gt.shape[0]
         if gt_instance_ids is not None:
-            self._update_instances(pred, as_tensor(gt_instance_ids, self.device))
+            inst = as_tensor(gt_instance_ids, self.device)
+            if inst.shape != pred.shape:
+                raise ValueError(f"instance map size {tuple(inst.shape)} differs from prediction {tuple(pred.shape)}")
+            # Instance ids are per image: one pass per image so equal ids in a batch stay apart.
+            for p, i in zip(pred.reshape(-1, *pred.shape[-2:]), inst.reshape(-1, *inst.shape[-2:])):
+                self._update_instances(p, i)
 
     def _update_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
-        if inst.shape != pred.shape:
-            raise ValueError(f"instance map size {tuple(inst.shape)} differs from prediction {tuple(pred.shape)}")
         inst = inst.to(torch.int32)
         n_rows = int(inst.max()) + 1
         if n_rows <= 1001:

@@ -1,0 +1,167 @@
+"""Cityscapes metrics against cityscapesscripts' evaluator, run here on generated PNGs in the official layout.
+
+The evaluator calls ``np.in1d`` (removed in NumPy 2.4); the alias is installed for these tests only.
+Edge cases covered by the data: ignored-id predictions (FN), caravan/trailer instances (skipped) and
+caravan predictions on cars (vehicle iIoU hits), a class absent from GT and predictions (NaN, dropped from
+the averages), a class absent from GT but predicted (0), group regions (instanceId = labelId).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from cityscapesscripts.helpers.labels import id2label
+from PIL import Image
+
+from segrepro.cli import main
+from segrepro.errors import UserError
+from segrepro.evaluation.bench import max_difference, official_folder_result, write_synthetic_set
+from segrepro.evaluation.cityscapes_metrics import (
+    CityscapesEvaluator,
+    evaluate_cityscapes_folders,
+    find_cityscapes_pairs,
+)
+
+WALL, BUS, TRAIN, CAR, CARAVAN = 12, 28, 31, 26, 29
+GT_IDS = [i for i in range(34) if i not in (WALL, BUS, TRAIN)]
+INSTANCE_IDS = [24, 25, 26, 27, 29, 30, 32, 33]  # caravan/trailer instances, no bus/train
+PRED_IDS = [i for i in range(34) if i not in (WALL, BUS)]  # train predicted without GT → IoU 0
+TOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cs_eval")
+    gt_root, pred_root = write_synthetic_set(root, 5, 96, 192, seed=3, compress_level=1, block=16, n_instances=12,
+                                             error_block=8, gt_ids=GT_IDS, instance_ids=INSTANCE_IDS,
+                                             pred_ids=PRED_IDS)
+    # Predict caravan on half of every car instance of the first image: a vehicle-category hit, a car miss.
+    pred_path, _, inst_path = find_cityscapes_pairs(gt_root, pred_root)[0]
+    pred, inst = np.array(Image.open(pred_path)), np.array(Image.open(inst_path))
+    car = (inst // 1000 == CAR) & (np.arange(pred.shape[1]) % 2 == 0)
+    assert car.any()
+    pred[car] = CARAVAN
+    Image.fromarray(pred).save(pred_path)
+    return gt_root, pred_root
+
+
+@pytest.fixture()
+def official(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setattr(np, "in1d", lambda a, b, assume_unique=False, invert=False: np.isin(
+        np.ravel(a), b, assume_unique=assume_unique, invert=invert), raising=False)
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
+
+    for key, value in {"quiet": True, "JSONOutput": False, "evalInstLevelScore": True, "evalPixelAccuracy": False,
+                       "predictionPath": None, "predictionWalk": None}.items():
+        monkeypatch.setattr(ev.args, key, value)
+    return ev
+
+
+@pytest.fixture()
+def expected(official: ModuleType, dataset: tuple[Path, Path]) -> dict:
+    return official_folder_result(official, *dataset)
+
+
+def decoded(dataset: tuple[Path, Path]) -> list[tuple[np.ndarray, ...]]:
+    return [tuple(np.array(Image.open(p)) for p in pair) for pair in find_cityscapes_pairs(*dataset)]
+
+
+def test_edge_cases_are_exercised(expected: dict) -> None:
+    assert math.isnan(expected["classScores"]["wall"]) and math.isnan(expected["classInstScores"]["bus"])
+    assert expected["classScores"]["train"] == 0.0 and expected["classInstScores"]["train"] == 0.0
+    conf = np.asarray(expected["confMatrix"])
+    evaluated = np.array([not id2label[i].ignoreInEval for i in range(34)])
+    assert conf[CAR, CARAVAN] > 0  # caravan predicted on cars
+    assert conf[np.ix_(evaluated, ~evaluated)].sum() > 0  # ignored ids predicted on evaluated GT: FN
+    assert not math.isnan(expected["categoryInstScores"]["vehicle"])
+
+
+def test_in_memory_updates_equal_official(expected: dict, dataset: tuple[Path, Path]) -> None:
+    arrays = decoded(dataset)
+    one_by_one = CityscapesEvaluator()
+    for pred, gt, inst in arrays:
+        one_by_one.update(pred, gt, inst)
+    # Two "processes" on disjoint shards, one fed a batch (B, H, W) of tensors, merged by summing state.
+    first, second = CityscapesEvaluator(), CityscapesEvaluator()
+    first.update(*arrays[0])
+    second.update(*(torch.from_numpy(np.stack([a[i] for a in arrays[1:]])) for i in range(3)))
+    merged = first.merge(second)
+    for acc in (one_by_one, merged):
+        result = acc.compute()
+        assert max_difference(expected, result.official_dict()) <= TOL
+        assert result.extras["num_images"] == len(arrays)
+
+
+def test_folder_evaluation_equals_official_and_in_memory(expected: dict, dataset: tuple[Path, Path]) -> None:
+    serial = evaluate_cityscapes_folders(*dataset, workers=0, progress=False).official_dict()
+    parallel = evaluate_cityscapes_folders(*dataset, workers=2, progress=False).official_dict()
+    assert max_difference(expected, serial) <= TOL
+    assert max_difference(serial, parallel) == 0.0
+    for field in ("priors", "labels"):
+        assert serial[field].keys() == expected[field].keys()
+        assert all(abs(serial[field][k] - expected[field][k]) <= TOL for k in expected[field])
+
+
+def test_cli_json_and_table(expected: dict, dataset: tuple[Path, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res" / "cityscapes.json"
+    gt_root, pred_root = dataset
+    with pytest.raises(SystemExit) as exc:
+        main(["metrics", "cityscapes", "--gt-root", str(gt_root), "--pred-root", str(pred_root), "--json", str(out)])
+    assert exc.value.code in (0, None)
+    written = json.loads(out.read_text())
+    assert max_difference(expected, written) <= TOL
+    assert written["segrepro"]["num_images"] == 5 and "class_counts" in written["segrepro"]
+    assert [p.name for p in out.parent.iterdir()] == ["cityscapes.json"]  # no temp file left
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split() == ["classes", "IoU", "nIoU"] and "categories       IoU      nIoU" in lines
+    assert sum(line.startswith("Score Average : ") for line in lines) == 2
+    road = next(line for line in lines if line.startswith("road "))
+    assert road == f"{'road':<14}: {expected['classScores']['road']:>5.3f}    {float('nan'):>5.3f}"
+
+
+def _run_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    message = err[err.index("error: "):].strip()
+    assert "Traceback" not in err and len(message.splitlines()) == 1
+    return message
+
+
+def test_missing_duplicate_and_bad_predictions(dataset: tuple[Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    gt_root, pred_root = dataset
+    pairs = find_cityscapes_pairs(gt_root, pred_root)
+    preds = tmp_path / "preds"
+    for pred, _, _ in pairs[1:]:
+        (preds / pred.parent.name).mkdir(parents=True, exist_ok=True)
+        (preds / pred.parent.name / pred.name).write_bytes(pred.read_bytes())
+    argv = ["metrics", "cityscapes", "--gt-root", str(gt_root), "--pred-root", str(preds), "--workers", "0"]
+    assert "no prediction for" in _run_error(argv, capsys) and pairs[0][1].name in _run_error(argv, capsys)
+
+    first = pairs[0][0]
+    (preds / first.name).write_bytes(first.read_bytes())
+    (preds / "nested").mkdir()
+    (preds / "nested" / first.name.replace("leftImg8bit", "color")).write_bytes(first.read_bytes())
+    assert "several predictions" in _run_error(argv, capsys)
+
+    (preds / "nested" / first.name.replace("leftImg8bit", "color")).unlink()
+    trainids = np.array(Image.open(first))
+    trainids[0, 0] = 255
+    Image.fromarray(trainids).save(preds / first.name)
+    message = _run_error(argv, capsys)
+    assert first.name in message and "255" in message
+
+    Image.fromarray(trainids[:, :-2] % 34).save(preds / first.name)
+    assert "must have the GT size" in _run_error(argv, capsys)
+    with pytest.raises(UserError, match="no ground truth"):
+        find_cityscapes_pairs(tmp_path, preds)
