@@ -46,6 +46,14 @@ DATASETS: dict[str, DatasetSpec] = {
     "cityscapes": DatasetSpec(
         "cityscapes", "segrepro.data.cityscapes", "CityscapesDataset", 19, 255, ("train", "val", "test"), (8, 4, 4), (256, 512)
     ),
+    "voc": DatasetSpec("voc", "segrepro.data.voc", "VOCDataset", 21, 255, ("trainaug", "val"), (8, 4), (256, 320)),
+    "coco_stuff27": DatasetSpec(
+        "coco_stuff27", "segrepro.data.coco_stuff", "CocoStuff27Dataset", 27, 255, ("train", "val"), (8, 4), (256, 320)
+    ),
+    "pascal_context": DatasetSpec(
+        "pascal_context", "segrepro.data.pascal_context", "PascalContextDataset", 59, 255, ("train", "val"), (8, 4), (256, 320)
+    ),
+    "ade20k": DatasetSpec("ade20k", "segrepro.data.ade20k", "ADE20KDataset", 150, 255, ("train", "val"), (8, 4), (256, 256)),
 }
 
 

@@ -142,12 +142,16 @@ def check_pairs(pairs: Sequence[Pair], modes: Sequence[str], legal: np.ndarray, 
     return problems, sources
 
 
-def write_prepared(out: Path, dataset: str, lists: Mapping[str, Sequence[str]], extra: Mapping[str, Any]) -> Path:
-    """Atomically write ``{split}.txt`` id lists and ``manifest.json`` (sha256 + size per file)."""
-    names = [f"{split}.txt" for split in lists]
+def write_prepared(out: Path, dataset: str, lists: Mapping[str, Sequence[str]], extra: Mapping[str, Any],
+                   derived: tuple[str, Callable[[Path], None]] | None = None) -> Path:
+    """Atomically write ``{split}.txt`` id lists, optional derived files (``(folder name, writer(tmp))``)
+    and ``manifest.json`` (sha256 + size of every written file)."""
+    names = [f"{split}.txt" for split in lists] + ([derived[0]] if derived else [])
     with atomic_output_dir(Path(out), replaceable=(*names, MANIFEST_NAME)) as tmp:
         for split, ids in lists.items():
             (tmp / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        if derived:
+            derived[1](tmp)
         write_manifest(tmp, dataset, {s: len(ids) for s, ids in lists.items()}, extra)
     return Path(out)
 
