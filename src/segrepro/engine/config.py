@@ -1,0 +1,99 @@
+"""Recipes from params.yaml: resolve one method's training config and apply ``--set`` overrides.
+
+params.yaml keeps the official recipes under ``recipes.<method>.<name>`` (facts from the reference specs)
+and the active choice plus local overrides under ``train.<method>`` (``recipe: official`` and, e.g.,
+``lr: 0.005``). A DVC stage that reads ``train.<method>`` and ``recipes.<method>`` therefore reruns only
+when that method's settings change. ``--set train.ann.lr=0.005`` edits the same tree before resolving.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segrepro.errors import UserError
+
+CREDENTIAL_HINTS = ("secret", "password", "token", "access_key", "credential", "api_key")
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found; run from the project root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(params: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML scalars/lists) to a copy of ``params``."""
+    params = copy.deepcopy(params)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.ann.lr=0.005")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = params
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {item!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return params
+
+
+def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = None) -> dict[str, Any]:
+    """The full training config of ``method``: named recipe ← ``train.<method>`` overrides."""
+    recipes = params.get("recipes", {}).get(method)
+    if not recipes:
+        known = ", ".join(params.get("recipes", {})) or "none"
+        raise UserError(f"params.yaml has no recipes for method {method!r} (known: {known})")
+    local = dict(params.get("train", {}).get(method, {}) or {})
+    name = recipe or local.pop("recipe", None) or next(iter(recipes))
+    local.pop("recipe", None)
+    if name not in recipes:
+        raise UserError(f"unknown recipe {name!r} for {method}; choose one of: {', '.join(recipes)}")
+    chosen = recipes[name]
+    base = recipes.get(chosen.get("extends")) if chosen.get("extends") else None
+    resolved = deep_merge(deep_merge(base or {}, chosen), local)
+    resolved.pop("extends", None)
+    resolved["method"] = method
+    resolved["recipe"] = name
+    return resolved
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, leaving out anything that looks like a credential."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if any(h in str(key).lower() for h in CREDENTIAL_HINTS):
+            continue
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
