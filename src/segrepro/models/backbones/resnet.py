@@ -83,7 +83,7 @@ class Bottleneck(nn.Module):
 
 def _stage_dilations(dilation: str, stage: int, blocks: int, multi_grid: Sequence[int]) -> tuple[int, list[int]]:
     """(stride, per-block 3×3 dilations) of stage 2..4 (1-based ``stage``) under a convention."""
-    if stage == 2 or dilation == "none":
+    if stage <= 2 or dilation == "none":
         return (1 if stage == 1 else 2), [1] * blocks
     base = 2 if stage == 3 else 4
     grid = list(multi_grid) if stage == 4 else [1] * blocks
