@@ -69,7 +69,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """cv2.INTER_LINEAR-equivalent resize of an HxWxC image to ``size`` = (h, w); keeps uint8 by rounding."""
     if image.shape[:2] == tuple(size):
         return image
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]  # copy: PIL arrays are read-only
     out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
     if image.dtype == np.uint8:
         out = out.round_().clamp_(0, 255).to(torch.uint8)
