@@ -29,10 +29,11 @@ def r101(fixtures_dir: Path, fixture_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def _plain_sample(x: torch.Tensor) -> torch.Tensor:
+def _plain_sample(x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Zero-offset reference built independently: the identity affine grid is linspace(-1, 1)."""
-    theta = torch.eye(2, 3).expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3).expand(n, 2, 3)
+    grid = F.affine_grid(theta, [n, c, *(size or (h, w))], align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -126,9 +127,7 @@ def test_cam_shapes_and_zero_offset() -> None:
     assert y.shape == (2, 4, 45, 45)
     context = cam.pool(x)
     assert context.shape == (2, 4, 3, 3)
-    upsampled = F.grid_sample(context, F.affine_grid(torch.eye(2, 3).expand(2, 2, 3), [2, 4, 45, 45], align_corners=True),
-                              align_corners=False)
-    assert torch.allclose(y, upsampled + cam.adapt(x), atol=1e-6)
+    assert torch.allclose(y, _plain_sample(context, (45, 45)) + cam.adapt(x), atol=1e-6)
 
 
 def test_warp_zero_offset_attenuates_borders() -> None:
@@ -151,8 +150,10 @@ def test_warp_orders_agree_on_square_differ_on_non_square() -> None:
     torch.manual_seed(0)
     square, wide = torch.randn(1, 3, 45, 45), torch.randn(1, 3, 21, 45)
     d_square, d_wide = torch.randn(1, 2, 45, 45), torch.randn(1, 2, 21, 45)
-    assert torch.equal(offset_warp(square, (45, 45), d_square), offset_warp(square, (45, 45), d_square, legacy_order=True))
-    assert not torch.allclose(offset_warp(wide, (21, 45), d_wide), offset_warp(wide, (21, 45), d_wide, legacy_order=True))
+    for x, d, expect_equal in ((square, d_square, True), (wide, d_wide, False)):
+        size = (x.shape[-2], x.shape[-1])
+        same = torch.allclose(offset_warp(x, size, d), offset_warp(x, size, d, legacy_order=True))
+        assert same == expect_equal
 
 
 def test_model_orders_agree_on_square_input_only() -> None:

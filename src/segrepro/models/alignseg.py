@@ -115,13 +115,17 @@ def _with_backbone(model: AlignSeg, pretrained: str | None) -> AlignSeg:
 
 @register("alignseg", "r101", default=True, num_classes=19,
           description="official: ResNet-101 deep stem, output stride 32, RRB/CAB/CAM decoder at stride 4")
-def build_alignseg_r101(num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False) -> AlignSeg:
+def build_alignseg_r101(
+    num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False
+) -> AlignSeg:
     """The official ``Seg_Model(num_classes)``; ``pretrained`` = MIT ``resnet101-imagenet.pth``."""
     return _with_backbone(AlignSeg(num_classes, DEPTHS[101], legacy_offset_order=legacy_offset_order), pretrained)
 
 
 @register("alignseg", "tiny", num_classes=19, description="same head, 1-block stages of width 8..64, 16 head channels")
-def build_alignseg_tiny(num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False) -> AlignSeg:
+def build_alignseg_tiny(
+    num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False
+) -> AlignSeg:
     """A small model with the official head structure, for fast tests and smoke runs."""
     model = AlignSeg(
         num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=16,

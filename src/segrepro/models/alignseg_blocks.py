@@ -24,14 +24,17 @@ def offset_warp(src: Tensor, size: tuple[int, int], delta: Tensor, legacy_order:
     """
     h, w = size
     hi, wi = src.shape[-2:]
-    ys = torch.linspace(-1.0, 1.0, h, dtype=src.dtype, device=src.device)
-    xs = torch.linspace(-1.0, 1.0, w, dtype=src.dtype, device=src.device)
+    # At least float32: a bf16 grid is off by up to ~0.5 px on 200-px maps (autocast samples in fp32 too).
+    dtype = torch.promote_types(src.dtype, torch.float32)
+    ys = torch.linspace(-1.0, 1.0, h, dtype=dtype, device=src.device)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=dtype, device=src.device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     base = torch.stack((gx, gy), dim=-1).unsqueeze(0)  # (1,h,w,2), x first as grid_sample expects
     norm_x, norm_y = (hi, wi) if legacy_order else (wi, hi)
-    norm = torch.tensor([float(norm_x), float(norm_y)], dtype=src.dtype, device=src.device)
-    grid = base + delta.permute(0, 2, 3, 1) / norm
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    norm = torch.tensor([float(norm_x), float(norm_y)], dtype=dtype, device=src.device)
+    grid = base + delta.permute(0, 2, 3, 1).to(dtype) / norm
+    out = F.grid_sample(src.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(src.dtype)
 
 
 def delta_generator(channels: int) -> nn.Sequential:
