@@ -69,6 +69,18 @@ def test_train_pipeline_output_size_alignment_and_labels(method: str, crop: int)
         assert (small["image"][:, small["label"] == 255] == 0).all()
 
 
+def test_crop_before_normalise_equals_official_order() -> None:
+    """build_transforms crops before normalising; the official order (normalise, pad, crop) is identical."""
+    g_official, g_ours = _gen(5), _gen(5)
+    official = Compose([RandomScaleChoice(generator=g_official), Normalize(NORMALIZATION["gald"]), PadTo((48, 48)),
+                        RandomCrop((48, 48), generator=g_official), RandomHorizontalFlip(generator=g_official), ToTensor()])
+    ours = build_transforms("gald", train=True, crop=48, generator=g_ours)
+    for seed in range(8):  # sizes around the crop: padded, cropped, or both
+        sample = _sample(30 + 5 * seed, 60 - 4 * seed, seed=seed)
+        a, b = official(sample), ours(sample)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
 def test_flip_moves_image_and_label_together() -> None:
     s = _sample()
     out = RandomHorizontalFlip(p=1.0)(s)
