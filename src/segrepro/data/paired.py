@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from segrepro.data.manifest import MANIFEST_NAME, sha256_file, write_manifest
 from segrepro.data.synth_scene import Scene, SceneComposer
-from segrepro.data.validate import atomic_output_dir, check_same_size, check_values, parallel_map, problem, read_png
+from segrepro.data.validate import (
+    atomic_output_dir, check_same_size, check_values, pair_problems, parallel_map, problem, read_png,
+)
 from segrepro.errors import UserError
 
 IGNORE_INDEX = 255
@@ -98,8 +100,7 @@ def folder_pairs(image_dir: Path, label_dir: Path) -> tuple[list[Pair], list[str
     """Pairs by stem of ``*.jpg`` / ``*.png`` in two folders, plus one problem per orphan."""
     images = {p.stem: p for p in image_dir.glob("*.jpg")} if image_dir.is_dir() else {}
     labels = {p.stem: p for p in label_dir.glob("*.png")} if label_dir.is_dir() else {}
-    problems = [problem(images[k], "image has no label", f"add {label_dir / (k + '.png')} or remove the image") for k in sorted(images.keys() - labels.keys())]
-    problems += [problem(labels[k], "label has no image", f"add {image_dir / (k + '.jpg')} or remove the label") for k in sorted(labels.keys() - images.keys())]
+    problems = pair_problems(images, labels, lambda p: label_dir / f"{p.stem}.png", lambda p: image_dir / f"{p.stem}.jpg")
     return [Pair(k, images[k], labels[k]) for k in sorted(images.keys() & labels.keys())], problems
 
 

@@ -118,7 +118,7 @@ class RandomScaleChoice:
 
 
 class RandomResize:
-    """ANN: scale s ~ U(lo, hi) and aspect a ~ U(lo, hi); new size (h·s/√a, w·s·√a)."""
+    """ANN: scale s ~ U(lo, hi) and aspect a ~ U(lo, hi); new size (h·s/√a, w·s·√a), truncated."""
 
     def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), aspect_range: tuple[float, float] = (0.9, 1.1),
                  generator: torch.Generator | None = None) -> None:
@@ -128,7 +128,8 @@ class RandomResize:
         s = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * _rand(self.generator)
         a = self.aspect_range[0] + (self.aspect_range[1] - self.aspect_range[0]) * _rand(self.generator)
         h, w = sample["image"].shape[:2]
-        return _resized(sample, (max(1, int(h * s / math.sqrt(a))), max(1, int(w * s * math.sqrt(a)))))
+        # torchcv's arithmetic and truncation: int(w·(√a·s)), int(h·(√(1/a)·s))
+        return _resized(sample, (max(1, int(h * (math.sqrt(1.0 / a) * s))), max(1, int(w * (math.sqrt(a) * s)))))
 
 
 class RandomBrightness:
