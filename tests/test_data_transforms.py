@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from segrepro.data.loader import build_loader
+from segrepro.data.transforms_ssl import MultiCrop
 from segrepro.data.transforms import (
-    ALIGNSEG_SCALES, NORMALIZATION, Compose, MultiCrop, Normalize, PadTo, RandomBrightness, RandomCrop,
+    ALIGNSEG_SCALES, NORMALIZATION, Compose, Normalize, PadTo, RandomBrightness, RandomCrop,
     RandomHorizontalFlip, RandomResize, RandomScaleChoice, ToTensor, build_transforms, resize_label,
 )
 

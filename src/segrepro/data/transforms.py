@@ -6,6 +6,7 @@ DataLoader seeds per worker), so a seeded generator reproduces a pipeline exactl
 Resizing is done with torch: bilinear with half-pixel centres and no antialiasing equals cv2's
 INTER_LINEAR that the official code uses; the label uses cv2's INTER_NEAREST rule (floor of dst·src/dst).
 The only normalisation table is :data:`NORMALIZATION`; engine and evaluation read it from here.
+AlignSeg-SSL's multi-crop and fixed-size eval views are in :mod:`segrepro.data.transforms_ssl`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from segrepro.errors import UserError
 
@@ -56,11 +56,11 @@ TRAIN_CROP: dict[str, int] = {"alignseg": 872, "acfnet": 769, "gald": 769, "dgcn
 ALIGNSEG_SCALES: tuple[float, ...] = tuple(0.7 + k / 10 for k in range(15))  # 0.7 + randint(0,14)/10
 
 
-def _rand(gen: torch.Generator | None) -> float:
+def uniform01(gen: torch.Generator | None) -> float:
     return float(torch.rand((), generator=gen))
 
 
-def _randint(gen: torch.Generator | None, low: int, high: int) -> int:
+def randint_inclusive(gen: torch.Generator | None, low: int, high: int) -> int:
     """Uniform integer in [low, high] (inclusive)."""
     return int(torch.randint(low, high + 1, (), generator=gen))
 
@@ -112,7 +112,7 @@ class RandomScaleChoice:
         self.scales, self.generator = tuple(scales), generator
 
     def __call__(self, sample: Sample) -> Sample:
-        f = self.scales[_randint(self.generator, 0, len(self.scales) - 1)]
+        f = self.scales[randint_inclusive(self.generator, 0, len(self.scales) - 1)]
         h, w = sample["image"].shape[:2]
         return _resized(sample, (int(round(h * f)), int(round(w * f))))
 
@@ -125,8 +125,8 @@ class RandomResize:
         self.scale_range, self.aspect_range, self.generator = scale_range, aspect_range, generator
 
     def __call__(self, sample: Sample) -> Sample:
-        s = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * _rand(self.generator)
-        a = self.aspect_range[0] + (self.aspect_range[1] - self.aspect_range[0]) * _rand(self.generator)
+        s = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * uniform01(self.generator)
+        a = self.aspect_range[0] + (self.aspect_range[1] - self.aspect_range[0]) * uniform01(self.generator)
         h, w = sample["image"].shape[:2]
         # torchcv's arithmetic and truncation: int(w·(√a·s)), int(h·(√(1/a)·s))
         return _resized(sample, (max(1, int(h * (math.sqrt(1.0 / a) * s))), max(1, int(w * (math.sqrt(a) * s)))))
@@ -139,7 +139,7 @@ class RandomBrightness:
         self.delta, self.generator = delta, generator
 
     def __call__(self, sample: Sample) -> Sample:
-        shift = _randint(self.generator, -self.delta, self.delta)
+        shift = randint_inclusive(self.generator, -self.delta, self.delta)
         image = np.clip(sample["image"].astype(np.int16) + shift, 0, 255).astype(np.uint8)
         return dict(sample, image=image)
 
@@ -185,8 +185,8 @@ class PadTo:
         ph, pw = max(self.size[0] - h, 0), max(self.size[1] - w, 0)
         if ph == 0 and pw == 0:
             return sample
-        top = _randint(self.generator, 0, ph) if self.position == "random" else 0
-        left = _randint(self.generator, 0, pw) if self.position == "random" else 0
+        top = randint_inclusive(self.generator, 0, ph) if self.position == "random" else 0
+        left = randint_inclusive(self.generator, 0, pw) if self.position == "random" else 0
         pads = ((top, ph - top), (left, pw - left))
         out = dict(sample, image=np.pad(image, pads + ((0, 0),), constant_values=self.image_fill))
         if sample.get("label") is not None:
@@ -203,7 +203,7 @@ class RandomCrop:
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample["image"].shape[:2]
         ch, cw = min(self.size[0], h), min(self.size[1], w)
-        top, left = _randint(self.generator, 0, h - ch), _randint(self.generator, 0, w - cw)
+        top, left = randint_inclusive(self.generator, 0, h - ch), randint_inclusive(self.generator, 0, w - cw)
         out = dict(sample, image=sample["image"][top:top + ch, left:left + cw])
         if sample.get("label") is not None:
             out["label"] = sample["label"][top:top + ch, left:left + cw]
@@ -217,31 +217,11 @@ class RandomHorizontalFlip:
         self.p, self.generator = p, generator
 
     def __call__(self, sample: Sample) -> Sample:
-        if _rand(self.generator) >= self.p:
+        if uniform01(self.generator) >= self.p:
             return sample
         out = dict(sample, image=sample["image"][:, ::-1])
         if sample.get("label") is not None:
             out["label"] = sample["label"][:, ::-1]
-        return out
-
-
-class Resize:
-    """Fixed-size resize ignoring aspect (AlignSeg-SSL eval): PIL bilinear image, nearest label.
-
-    ``label_size`` lets the label go to a different size (the SSL metric resizes GT 448 → 100).
-    """
-
-    def __init__(self, size: tuple[int, int], label_size: tuple[int, int] | None = None) -> None:
-        self.size, self.label_size = size, label_size
-
-    def __call__(self, sample: Sample) -> Sample:
-        pil = Image.fromarray(sample["image"]).resize((self.size[1], self.size[0]), Image.BILINEAR)
-        out = dict(sample, image=np.asarray(pil))
-        if sample.get("label") is not None:
-            label = np.asarray(Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.NEAREST))
-            if self.label_size is not None:
-                label = np.asarray(Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.NEAREST))
-            out["label"] = label
         return out
 
 
@@ -254,58 +234,6 @@ class ToTensor:
         if sample.get("label") is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(sample["label"]).astype(np.int64))
         return out
-
-
-def _crop_box(gen: torch.Generator | None, h: int, w: int, scale: tuple[float, float],
-              ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """RandomResizedCrop box (top, left, h, w): area fraction ~ U(scale), log-uniform aspect, 10 tries."""
-    for _ in range(10):
-        area = h * w * (scale[0] + (scale[1] - scale[0]) * _rand(gen))
-        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(gen))
-        cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return _randint(gen, 0, h - ch), _randint(gen, 0, w - cw), ch, cw
-    ch, cw = h, w  # fallback: the largest centred box with an allowed aspect
-    if w / h < ratio[0]:
-        ch = min(h, int(round(w / ratio[0])))
-    elif w / h > ratio[1]:
-        cw = min(w, int(round(h * ratio[1])))
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
-    dh = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    dw = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return max(dh, 0) * max(dw, 0)
-
-
-class MultiCrop:
-    """AlignSeg-SSL training views: 1 global (scale 0.5–1) + ``n_local`` local crops (0.05–0.25), all
-    resized to ``size``² (PIL bilinear), each local box re-drawn until it overlaps the global box by more
-    than ``min_overlap`` × image area. No flip, no colour jitter (``augment_image: False``)."""
-
-    def __init__(self, size: int = 224, n_local: int = 2, global_scale: tuple[float, float] = (0.5, 1.0),
-                 local_scale: tuple[float, float] = (0.05, 0.25), min_overlap: float = 0.05,
-                 norm: Normalization = IMAGENET_RGB, generator: torch.Generator | None = None) -> None:
-        self.size, self.n_local, self.generator = size, n_local, generator
-        self.global_scale, self.local_scale, self.min_overlap = global_scale, local_scale, min_overlap
-        self.finish = Compose([Normalize(norm), ToTensor()])
-
-    def __call__(self, sample: Sample) -> Sample:
-        pil = Image.fromarray(sample["image"])
-        h, w = sample["image"].shape[:2]
-        boxes = [_crop_box(self.generator, h, w, self.global_scale)]
-        for _ in range(self.n_local):
-            for _ in range(100):  # bounded: a tiny image may make the overlap rule unsatisfiable
-                box = _crop_box(self.generator, h, w, self.local_scale)
-                if _overlap(box, boxes[0]) > self.min_overlap * h * w:
-                    break
-            boxes.append(box)
-        crops = []
-        for top, left, ch, cw in boxes:
-            view = pil.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
-            crops.append(self.finish({"image": np.asarray(view)})["image"])
-        return {"crops": crops, "name": sample.get("name", "")}
 
 
 def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | None = None,
@@ -321,6 +249,8 @@ def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | Non
     size = crop if crop is not None else TRAIN_CROP[method]
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if method == "alignseg_ssl":
+        from segrepro.data.transforms_ssl import MultiCrop, Resize
+
         if train:
             return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
         eval_hw = (448, 448) if crop is None else hw
