@@ -140,6 +140,31 @@ def bench_eval_cmd(
     typer.echo(markdown(figures))
 
 
+@bench_app.command("models")
+def bench_models_cmd(
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants, e.g. tiny,r101 (default: all)."),
+    device: str = typer.Option("cpu", "--device", help="cpu: latency + peak RSS at 512x1024; cuda: fp32/bf16 img/s at 1024x2048."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs at 1024x2048 on meta tensors."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Run the timed forwards (off: parameters and FLOPs only)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed forwards per model after one warm-up (median reported)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and the machine as JSON here."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for docs/benchmarks.md)."),
+) -> None:
+    """Parameters, FLOPs, CPU latency/peak memory and CUDA throughput per method and variant."""
+    from segrepro.io import atomic_write_text
+    from segrepro.models.bench import bench_models, format_table, machine, to_json
+
+    def split(value: Optional[str]) -> Optional[list[str]]:
+        return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+    rows = bench_models(split(methods), split(variants), device, flops, latency, repeats)
+    typer.echo(f"machine: {machine()}")
+    typer.echo(format_table(rows, markdown))
+    if json_out is not None:
+        atomic_write_text(json_out, to_json(rows))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app, turning user errors into one clean line."""
     try:

@@ -1,0 +1,225 @@
+"""``segrepro bench models``: size, FLOPs, CPU latency/memory and CUDA throughput per method/variant.
+
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on **meta** tensors (no memory, no compute, so an
+  R101 at 1024×2048 costs about a second). It counts conv, matmul, bmm and attention as 2 FLOPs per
+  multiply-add; norms, activations, pooling, resizing and grid_sample are not counted. GMACs = FLOPs / 2
+  is what most papers call "FLOPs".
+* CPU latency and peak memory: eval-mode forward under ``no_grad``, batch 1, each model in a fresh
+  spawned process so allocator reuse between models cannot hide memory. Peak memory is the rise of
+  the process's peak RSS (``VmHWM``) over its RSS after building the model, i.e. activations and
+  workspace, not the weights.
+* CUDA (when present): fp32 and bf16-autocast images/s with ``channels_last``, TF32 off for fp32.
+
+Self-supervised AlignSeg only accepts square inputs; it is measured at its eval size 448×448.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from segrepro.errors import UserError
+from segrepro.models.registry import build, get_spec, list_methods, list_variants
+
+FLOP_SIZE = (1024, 2048)
+CPU_SIZE = (512, 1024)
+CUDA_SIZE = (1024, 2048)
+SQUARE_ONLY = {"alignseg_ssl": (448, 448)}
+
+
+@dataclass
+class ModelBench:
+    """One row of the table; ``None`` where a measurement was not requested or not possible."""
+
+    method: str
+    variant: str
+    params_m: float
+    gflops: float | None = None
+    flop_input: str = ""
+    cpu_ms: float | None = None
+    cpu_peak_mb: float | None = None
+    cpu_input: str = ""
+    cuda_fp32_img_s: float | None = None
+    cuda_bf16_img_s: float | None = None
+    cuda_peak_gb: float | None = None
+    cuda_input: str = ""
+
+
+def _size(method: str, size: tuple[int, int]) -> tuple[int, int]:
+    return SQUARE_ONLY.get(method, size)
+
+
+def count_params(model: nn.Module) -> int:
+    """Unique parameters (shared tensors once), trainable or not."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(method: str, variant: str, size: tuple[int, int]) -> float:
+    """FLOPs of one eval forward at ``size`` on meta tensors (grad mode on: torch's module tracker needs it)."""
+    with torch.device("meta"):
+        model = build(method, variant=variant).eval()
+        x = torch.empty(1, 3, *size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _rss_kb(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field_name} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS so the build's transient peak does not count (Linux ≥ 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the peak then also covers the build; still an upper bound
+
+
+def cpu_latency(method: str, variant: str, size: tuple[int, int], repeats: int, threads: int) -> tuple[float, float]:
+    """(median ms, peak MB above the post-build RSS) of an eval forward; run in a fresh process."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(method, variant=variant).eval()
+    x = torch.randn(1, 3, *size)
+    _reset_peak_rss()
+    before = _rss_kb("VmRSS")
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first run also warms up
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    peak = _rss_kb("VmHWM") - before
+    return statistics.median(times[1:] if repeats else times) * 1e3, peak / 1024
+
+
+def cuda_throughput(method: str, variant: str, size: tuple[int, int], repeats: int) -> tuple[float, float, float]:
+    """(fp32 img/s, bf16 img/s, peak GB) at batch 1 with channels_last."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    model = build(method, variant=variant).eval().cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, *size, device="cuda").to(memory_format=torch.channels_last)
+    torch.cuda.reset_peak_memory_stats()
+    rates = []
+    for dtype in (None, torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            for _ in range(3):
+                model(x)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            torch.cuda.synchronize()
+        rates.append(repeats / (time.perf_counter() - start))
+    return rates[0], rates[1], torch.cuda.max_memory_allocated() / 1e9
+
+
+def select(methods: list[str] | None, variants: list[str] | None) -> list[tuple[str, str]]:
+    """(method, variant) pairs to measure; unknown names are a UserError listing the choices."""
+    chosen = methods or list_methods()
+    pairs: list[tuple[str, str]] = []
+    known: set[str] = set()
+    for m in chosen:
+        names = list_variants(m)  # UserError for an unknown method
+        known.update(names)
+        pairs += [(m, v) for v in (variants or names) if v in names]
+    unknown = set(variants or ()) - {v for _, v in pairs}
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(sorted(unknown))} for {', '.join(chosen)}; choose among: {', '.join(sorted(known))}")
+    return pairs
+
+
+def bench_models(
+    methods: list[str] | None = None,
+    variants: list[str] | None = None,
+    device: str = "cpu",
+    flops: bool = True,
+    latency: bool = True,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> list[ModelBench]:
+    """Measure every selected (method, variant); see the module docstring for what each figure means."""
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch")
+    threads = threads or torch.get_num_threads()
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    for method, variant in tqdm(select(methods, variants), desc="bench models", unit="model"):
+        with torch.device("meta"):
+            row = ModelBench(method, variant, count_params(build(method, variant=variant)) / 1e6)
+        if flops:
+            size = _size(method, FLOP_SIZE)
+            row.gflops, row.flop_input = count_flops(method, variant, size) / 1e9, "x".join(map(str, size))
+        if latency and device == "cpu":
+            size = _size(method, CPU_SIZE)
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                row.cpu_ms, row.cpu_peak_mb = pool.submit(cpu_latency, method, variant, size, repeats, threads).result()
+            row.cpu_input = "x".join(map(str, size))
+        if device == "cuda":
+            size = _size(method, CUDA_SIZE)
+            row.cuda_fp32_img_s, row.cuda_bf16_img_s, row.cuda_peak_gb = cuda_throughput(method, variant, size, max(repeats, 10))
+            row.cuda_input = "x".join(map(str, size))
+        rows.append(row)
+    return rows
+
+
+def machine() -> str:
+    """CPU model, cores, torch version (and GPU) for the benchmark record."""
+    cpu = platform.processor() or "unknown CPU"
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {multiprocessing.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
+
+
+COLUMNS = (
+    ("method", "method"), ("variant", "variant"), ("params_m", "params (M)"), ("gflops", "GFLOPs"),
+    ("flop_input", "FLOP input"), ("cpu_ms", "CPU ms"), ("cpu_peak_mb", "CPU peak MB"), ("cpu_input", "CPU input"),
+    ("cuda_fp32_img_s", "fp32 img/s"), ("cuda_bf16_img_s", "bf16 img/s"), ("cuda_peak_gb", "CUDA peak GB"),
+    ("cuda_input", "CUDA input"),
+)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows: list[ModelBench], markdown: bool = False) -> str:
+    """A plain or Markdown table of the columns that hold at least one value."""
+    cols = [(k, t) for k, t in COLUMNS if any(getattr(r, k) not in (None, "") for r in rows)]
+    cells = [[t for _, t in cols]] + [[_cell(getattr(r, k)) for k, _ in cols] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def to_json(rows: list[ModelBench]) -> str:
+    return json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2)
