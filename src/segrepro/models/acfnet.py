@@ -17,6 +17,7 @@ from segrepro.models.acfnet_blocks import ASPP, ACFHead, FCNHead, abn, conv_abn_
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import SegOutput
+from segrepro.models.pretrained import load_backbone
 from segrepro.models.registry import register
 
 STRIDE = 8
@@ -91,8 +92,6 @@ class ACFNet(ResNet):
 
 def _finish(model: ACFNet, pretrained: str | None) -> ACFNet:
     if pretrained is not None:
-        from segrepro.models.pretrained import load_backbone
-
         load_backbone(model, pretrained, source="eca")
     return model
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from segrepro.models.ann_blocks import AFNB, APNB, PSP_SIZES, bn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.outputs import SegOutput
+from segrepro.models.pretrained import load_backbone
 from segrepro.models.registry import register
 
 
@@ -75,9 +76,7 @@ class ANN(nn.Module):
 
 def _finish(model: ANN, pretrained: str | None) -> ANN:
     if pretrained is not None:
-        from segrepro.models.pretrained import load_backbone
-
-        load_backbone(model.backbone, pretrained, source="mit")
+        load_backbone(model, pretrained, source="mit")
     return model
 
 
