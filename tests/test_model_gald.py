@@ -27,7 +27,8 @@ def evaluated(official: tuple[str, torch.nn.Module], fixtures_dir: Path) -> dict
     """Fixture weights, one eval forward on input.npy; layer3 captured by a hook for ``dsn``."""
     variant, model = official
     meta = json.loads((fixtures_dir / "gald" / "meta.json").read_text())
-    load_manifest_weights(model, fixtures_dir, fixtures_dir / "gald" / f"manifest_{variant}.json", gain=meta["init_gain"])
+    manifest = fixtures_dir / "gald" / f"manifest_{variant}.json"
+    load_manifest_weights(model, fixtures_dir, manifest, gain=meta["init_gain"])
     model.eval()
     seen: dict[str, torch.Tensor] = {}
     hook = model.layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
@@ -119,7 +120,7 @@ def test_tiny_train_and_eval() -> None:
 
 
 def test_pretrained_file_loads_and_depth_mismatch_is_refused(tmp_path: Path) -> None:
-    """The builder loads a local deep-stem file; an R50-depth file for R101 (the official R101 script's bug) is refused."""
+    """The builder loads a local deep-stem file; an R50-depth file for R101 (the R101 script's bug) is refused."""
     tiny = build("gald", variant="tiny")
     backbone = {k: v for k, v in tiny.state_dict().items() if not k.startswith(("head.", "dsn."))}
     torch.save(backbone, tmp_path / "tiny-deep.pth")

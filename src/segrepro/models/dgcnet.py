@@ -42,7 +42,8 @@ class SpatialGCN(nn.Module):
 
 def dw_s2(channels: int) -> list[nn.Module]:
     """Depthwise conv3×3 stride 2, padding 1, no bias → BN (no ReLU)."""
-    return [nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False), nn.BatchNorm2d(channels)]
+    conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False)
+    return [conv, nn.BatchNorm2d(channels)]
 
 
 class DualGCN(nn.Module):

@@ -104,9 +104,10 @@ class GALDNet(ContextNet):
     * Input: **BGR**, 0–255, minus (104.00699, 116.66877, 122.67891), std 1 (the scripts omit ``--rgb``).
     * Output: ``main`` logits at stride 8 (not upsampled). Train mode adds ``aux["dsn"]`` (layer3
       classifier, stride 8; loss weight 0.4); eval mode has no aux, as the official eval forward.
-    * Small inputs: the official unpadded stride-2 chains crash below 111 px (stride-8 map < 15 px);
-      here the chains' input is resized up instead (see :func:`at_least`), so the ``tiny`` variant and
-      small crops work and every size the official code accepts gives its numbers.
+    * Small inputs: the official unpadded stride-2 chains crash below 111 px (stride-8 map < 15 px:
+      the local mask runs on U, which is already back at X's size, so it is three convs deep, not the
+      four ``gald.md`` counts). Here the chains' input is resized up instead (:func:`at_least`), so the
+      ``tiny`` variant and small crops work, and every size the official code accepts gives its numbers.
     * Official bug fixed: ``train_gald_r_101_city_finetrain.sh`` initialises R101 from
       ``resnet50-deep.pth`` (layer3 blocks 6–22 silently stay random). The builders pass the file to a
       loader that refuses a depth mismatch.
