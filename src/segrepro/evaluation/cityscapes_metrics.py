@@ -2,8 +2,8 @@
 
 The official script builds a 34×34 labelId confusion matrix and loops over instances with one full-image
 mask each. Here the matrix is one ``bincount`` over ``gt*34+pred`` and the instance terms one ``bincount``
-over ``instanceId*11 + predCode`` (predCode = which instance-class labelId was predicted, 0 for any other),
-both on the inputs' device; only the per-instance rows (a few dozen) are touched afterwards. The formulas
+over (instance id, predicted id among 24..33), both on the inputs' device; only the per-instance rows (a
+few dozen) are touched afterwards. The formulas
 (reference/cityscapes_eval_and_submission.md §1) are applied to the accumulated sums in :meth:`compute`.
 Edge cases kept on purpose: ignored-id predictions are FN, FP counts only non-ignored GT rows, NaN scores
 leave the averages, vehicle iIoU predictions include caravan/trailer, weights are avgClassSize/size.
@@ -30,8 +30,9 @@ from segrepro.evaluation.confusion import as_tensor, bincount_confusion, nanmean
 from segrepro.io import atomic_write_text
 
 N = csl.NUM_LABEL_IDS  # 34 labelIds, 0..33
-FIRST_INST_ID = 24  # person; labelIds 24..33 are the classes with instances
-N_CODES = N - FIRST_INST_ID + 1  # predCode 0 = "not an instance-class id", 1..10 = labelIds 24..33
+FIRST_INST = min(lab.id for lab in csl.LABELS if lab.hasInstances)  # 24 (person): instance classes are 24..33
+N_CODES = N - FIRST_INST + 1  # predicted-id codes: 0 = below 24, 1..10 = labelIds 24..33
+ROW_BASE = FIRST_INST * 1000 - 1  # instance ids below FIRST_INST*1000 belong to no instance class
 
 
 def _tables() -> dict[str, np.ndarray]:
@@ -50,11 +51,8 @@ def _tables() -> dict[str, np.ndarray]:
         cat_iou[k, [lab.id for lab in members if not lab.ignoreInEval]] = True
         if all(lab.hasInstances for lab in members):
             cat_inst[k, [lab.id for lab in members]] = True
-    # code_in_cat[k, code]: predicting the labelId behind `code` is a category hit for category k.
-    code_in_cat = np.zeros((len(cats), N_CODES), dtype=bool)
-    code_in_cat[:, 1:] = cat_inst[:, FIRST_INST_ID:]
     return {"evaluated": evaluated, "inst_class": inst_class, "avg": avg, "cat_of": cat_of,
-            "cat_iou": cat_iou, "cat_inst": cat_inst, "code_in_cat": code_in_cat}
+            "cat_iou": cat_iou, "cat_inst": cat_inst}
 
 
 TABLES = _tables()
@@ -149,8 +147,8 @@ class CityscapesEvaluator:
             "images": torch.zeros((), **i64),
         }
         t = {k: torch.as_tensor(v, device=self.device) for k, v in TABLES.items()}
-        self._inst_class, self._avg, self._cat_of, self._code_in_cat = (
-            t["inst_class"], t["avg"], t["cat_of"], t["code_in_cat"])
+        self._inst_class, self._avg, self._cat_of, self._cat_inst = (
+            t["inst_class"], t["avg"], t["cat_of"], t["cat_inst"])
 
     def update(self, pred_label_ids: torch.Tensor | np.ndarray, gt_label_ids: torch.Tensor | np.ndarray,
                gt_instance_ids: torch.Tensor | np.ndarray | None = None) -> None:
@@ -163,7 +161,7 @@ class CityscapesEvaluator:
         if pred.shape != gt.shape:
             raise ValueError(f"prediction size {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
         for what, t in (("prediction", pred), ("ground truth", gt)):
-            lo, hi = int(t.min()), int(t.max())
+            lo, hi = (0, int(t.max())) if t.dtype == torch.uint8 else (int(v) for v in torch.aminmax(t))
             if lo < 0 or hi >= N:
                 raise ValueError(f"{what} holds id {hi if hi >= N else lo}; labelIds must be 0..{N - 1}"
                                  + (" (trainIds or the 255 ignore value written by mistake?)" if hi >= N else ""))
@@ -179,22 +177,23 @@ class CityscapesEvaluator:
                 self._update_instances(p, i)
 
     def _update_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
-        inst = inst.to(torch.int32)
-        n_rows = int(inst.max()) + 1
-        if n_rows <= 1001:
-            return  # no instance id > 1000 in this image
-        code = (pred.to(torch.int32) - (FIRST_INST_ID - 1)).clamp_(min=0)
-        hist = torch.bincount((inst * N_CODES + code).reshape(-1), minlength=n_rows * N_CODES).view(n_rows, N_CODES)
-        hist = hist[1001:]
+        # One bincount over row*11 + code: row = instanceId - (FIRST_INST*1000 - 1) (row 0 collects every
+        # pixel outside an instance of an instance class), code = predicted labelId - 23 for 24..33, else 0.
+        key = inst.to(torch.int32, copy=True)
+        n_rows = int(key.max()) - ROW_BASE + 1
+        if n_rows <= 1:
+            return  # no instance of an instance class in this image
+        code = pred.clamp(min=FIRST_INST - 1).sub_(FIRST_INST - 1).to(torch.int32)
+        key = key.clamp_(min=ROW_BASE).sub_(ROW_BASE).mul_(N_CODES).add_(code).reshape(-1)
+        hist = torch.bincount(key, minlength=n_rows * N_CODES).view(n_rows, N_CODES)[1:]
         size = hist.sum(1)
-        ids = torch.arange(1001, n_rows, device=self.device)
-        lab = torch.div(ids, 1000, rounding_mode="floor")
+        lab = torch.arange(ROW_BASE + 1, ROW_BASE + n_rows, device=hist.device).div_(1000, rounding_mode="floor")
         keep = (size > 0) & (lab < N)
-        keep &= self._inst_class[lab.clamp(max=N - 1)]
+        keep &= self._inst_class[lab.clamp(max=N - 1)]  # instances of ignored classes (caravan...) are skipped
         hist, size, lab = hist[keep], size[keep], lab[keep]
-        tp = hist.gather(1, (lab - (FIRST_INST_ID - 1)).unsqueeze(1)).squeeze(1)
+        tp = hist.gather(1, (lab - (FIRST_INST - 1)).unsqueeze(1)).squeeze(1)
         cat = self._cat_of[lab]
-        cat_tp = (hist * self._code_in_cat[cat]).sum(1)
+        cat_tp = (hist * self._cat_inst[cat][:, FIRST_INST - 1:]).sum(1)  # caravan/trailer count
         weight = self._avg[lab] / size.to(torch.float64)  # official: avgClassSize / float(instSize)
         s = self.state
         s["inst_count"].index_add_(0, lab, torch.ones_like(lab))
