@@ -320,6 +320,10 @@ def test_tiny_forward_backward() -> None:
     assert model.clsQueries.weight.grad is not None and model.decoder_ffn_layers[0].linear2.weight.grad is not None
     with pytest.raises(UserError, match="multi-crop"):
         alignseg_ssl_loss(model(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = alignseg_ssl_loss(model(crops))
+    assert mixed["loss"].dtype == torch.float32  # the summed correlation term is kept out of bf16
+    torch.testing.assert_close(mixed["query_ce"], losses["query_ce"], atol=0.05, rtol=0.05)
 
 
 def test_bad_inputs() -> None:

@@ -54,11 +54,20 @@ def alignseg_ssl_loss(
     temperature: float = 1.0,
     corr_weight: float = CORR_WEIGHT,
 ) -> dict[str, Tensor]:
-    """``{"loss", "corr_align", "query_ce"}`` from a model called with [global, local_1, ..., local_K]."""
+    """``{"loss", "corr_align", "query_ce"}`` from a model called with [global, local_1, ..., local_K].
+
+    Always computed in float32 (autocast off): the correlation term is a sum over ~10^5 patch pairs,
+    which bf16 would round to a few significant digits.
+    """
     missing = [k for k in REQUIRED if k not in out.extras]
     if missing:
         raise UserError(f"the SSL loss needs a multi-crop forward ([global, local crops...]); missing {missing}")
-    e = out.extras
+    with torch.autocast(out.main.device.type, enabled=False):
+        return _loss(out.extras, negative_pressure, temperature, corr_weight)
+
+
+def _loss(extras: dict[str, Tensor], negative_pressure: float, temperature: float, corr_weight: float) -> dict[str, Tensor]:
+    e = {k: (v.float() if v.is_floating_point() else v) for k, v in extras.items()}
     tokens, queries, fg = e["tokens"], e["queries"], e["fg"].bool()
     n_global = l2n(tokens)
     assign_global = _soft_assign(tokens, queries)

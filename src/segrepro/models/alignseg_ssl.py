@@ -11,6 +11,7 @@ crop-major ([lc1 of images 0..B-1, lc2 of images 0..B-1]) and then reshapes them
 B > 1 "local crop k of image b" is chunk 2b+k, usually a crop of *another* image, while the foreground
 masks stay correctly paired. We pair global crop b with the local crops of image b (``pairing="fixed"``,
 the default). ``pairing="official"`` reproduces the released training behaviour (and the loss fixture).
+Also fixed: the foreground hint no longer crashes when it removes components of ≤ 2 patches (§8.4).
 
 Kept on purpose (they define the released checkpoints): every decoder layer restarts from ``clsQueries``,
 so with L > 1 layers only the last one affects anything (COCO-27 ships 3 layers; layers 0..L-2 are dead

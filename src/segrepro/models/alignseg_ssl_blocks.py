@@ -104,6 +104,7 @@ def foreground_masks(attn: Tensor, h: int, w: int, threshold: float = 0.6, blur_
     Head mean → Gaussian blur (7, σ) → keep the patches holding the top ``threshold`` of the attention
     mass → drop components of ≤ 2 patches (the official ``process_attentions``).
     """
+    attn = attn.float()  # thresholds of a cumulative mass: keep them out of bf16 under autocast
     heads = attn.shape[1]
     mean = attn[:, 0] / heads
     for i in range(1, heads):  # the official summation order
