@@ -326,6 +326,16 @@ def test_tiny_forward_backward() -> None:
     torch.testing.assert_close(mixed["query_ce"], losses["query_ce"], atol=0.05, rtol=0.05)
 
 
+def test_param_groups_follow_official_weight_decay() -> None:
+    model = build("alignseg_ssl", variant="tiny")
+    decay, no_decay = model.param_groups(0.04)
+    assert decay["weight_decay"] == 0.04 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and len(decay["params"]) == 6  # 2 in_proj, 2 out_proj, 2 linear
+    assert any(p is model.clsQueries.weight for p in no_decay["params"])
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert not backbone & {id(p) for g in (decay, no_decay) for p in g["params"]}
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(UserError, match="pairing"):
         build("alignseg_ssl", variant="tiny", pairing="shuffled")

@@ -49,10 +49,11 @@ class AlignSegSSL(nn.Module):
     ``forward(x)`` with one tensor (B,3,H,W) (inference): ``main`` = cosine scores (B,Q,h,w) between each
     L2-normalised patch token and each aligned query, stride = patch size; labels = softmax over Q then
     argmax (see :func:`patch_labels`). ``extras``: ``tokens`` (B,h·w,C), ``queries`` (B,Q,C).
-    ``forward([global, local_1, ..., local_K])`` (training, all crops the same size): as above for the
-    global crop, plus ``local_tokens`` (K,B,M,C), ``local_queries`` (K,B,Q,C) and the DINO-attention
+    ``forward([global, local_1, ..., local_K])`` (training; the local crops share one size, all 224 in the
+    official configs): as above for the global crop, plus ``local_tokens`` (K,B,M,C), ``local_queries`` (K,B,Q,C) and the DINO-attention
     foreground masks ``fg`` (B,h·w) and ``local_fg`` (K,B,M) that :mod:`segrepro.engine.ssl_loss` uses.
-    The backbone never receives gradient (run under ``no_grad``, parameters frozen).
+    The backbone never receives gradient (run under ``no_grad``, parameters frozen). Official bugs fixed
+    instead of copied: the crop pairing and the foreground-hint crash (module docstring).
     """
 
     def __init__(
@@ -79,6 +80,15 @@ class AlignSegSSL(nn.Module):
             SelfAttentionLayer(dim, decoder_heads) for _ in range(num_decode_layers)
         )
         self.decoder_ffn_layers = nn.ModuleList(FFNLayer(dim, hidden_dim) for _ in range(num_decode_layers))
+
+    def param_groups(self, weight_decay: float = 0.04) -> list[dict]:
+        """The official AdamW groups (``train.py``, ``exclude_norm_bias``): decay on ≥2-D decoder weights
+        only; biases, norms and ``clsQueries`` without decay; the frozen backbone left out."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and not name.startswith("clsQueries") else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def align(self, tokens: Tensor) -> Tensor:
         """Aligned queries (B,Q,C) for one crop's tokens; only the last decoder layer counts (see module doc)."""
