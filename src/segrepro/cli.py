@@ -117,8 +117,41 @@ def metrics_cityscapes(
         typer.echo(f"written {json_out}")
 
 
+# --- train ------------------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann (see `segrepro models`)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoints (default: runs/<method>)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest valid checkpoint."),
+    set_: list[str] = typer.Option([], "--set", help="Override a params.yaml value: --set train.ann.optimizer.lr=0.005"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+) -> None:
+    """Train one method (under torchrun: DDP across processes, same global batch)."""
+    from segrepro import stages
+
+    summary = stages.train(method, recipe, data, out, resume, set_, params)
+    if "val_mIoU" in summary:
+        typer.echo(f"{method}: val mIoU {summary['val_mIoU']:.4f} ({summary['checkpoint']})")
+
+
 # --- bench --------------------------------------------------------------------------------------
 # (one subcommand per layer: data, models, train, eval)
+
+
+@bench_app.command("data")
+def bench_data_cmd(
+    size: str = typer.Option("1024x2048", "--size", help="Synthetic Cityscapes image size HxW."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    images: int = typer.Option(16, "--images", help="Images in the timed pass (one untimed warm-up pass first)."),
+    method: str = typer.Option("alignseg", "--method", help="Whose training transforms to apply."),
+) -> None:
+    """Training-loader throughput (decode + augmentation, images/s) on a synthetic Cityscapes in a temp dir."""
+    from segrepro.data import parse_size
+    from segrepro.data.bench import bench_data
+
+    typer.echo(bench_data(parse_size(size), workers, images, method).line())
 
 
 @bench_app.command("eval")

@@ -17,6 +17,7 @@ import yaml
 
 from segrepro.errors import UserError
 
+OPTIMIZER_SHORTCUTS = ("lr", "weight_decay", "momentum", "poly_power")
 CREDENTIAL_HINTS = ("secret", "password", "token", "access_key", "credential", "api_key")
 
 
@@ -80,6 +81,9 @@ def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = 
     base = recipes.get(chosen.get("extends")) if chosen.get("extends") else None
     resolved = deep_merge(deep_merge(base or {}, chosen), local)
     resolved.pop("extends", None)
+    for key in OPTIMIZER_SHORTCUTS:  # `--set train.ann.lr=0.005` means the optimizer's lr
+        if key in resolved:
+            resolved.setdefault("optimizer", {})[key] = resolved.pop(key)
     resolved["method"] = method
     resolved["recipe"] = name
     return resolved
