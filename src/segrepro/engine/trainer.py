@@ -65,6 +65,14 @@ def _autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+def _open_history(path: Path, start: int):
+    """The per-iteration CSV (iteration, loss, lr), cut back to ``start`` rows after a resume."""
+    rows = path.read_text().splitlines() if path.is_file() else []
+    kept = [r for r in rows[1:] if r and int(r.split(",")[0]) <= start]
+    path.write_text("\n".join(["iteration,loss,lr", *kept]) + "\n")
+    return path.open("a")
+
+
 def _batches(loader: DataLoader):
     while True:
         yield from loader
@@ -134,6 +142,7 @@ def train(
     model.train()
     bar = tqdm(total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True, desc=f"train {cfg.get('method', '')}")
     t0, images_done = time.perf_counter(), 0
+    history = _open_history(out_dir / "train_log.csv", start) if dist.is_main else None
     for it in range(start, iters):
         lr = set_lr(optimizer, float(opt_cfg["lr"]), it, iters, float(opt_cfg.get("poly_power", 0.9)))
         totals = torch.zeros(1, device=device)
@@ -166,6 +175,9 @@ def train(
             )
         result.losses.append(mean_loss)
         images_done += global_batch
+        if history is not None:
+            history.write(f"{it + 1},{mean_loss:.8g},{lr:.8g}\n")
+            history.flush()
         if dist.is_main:
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_done / max(elapsed, 1e-9):.1f}")
@@ -190,6 +202,8 @@ def train(
                 })
                 result.final_checkpoint = path
     bar.close()
+    if history is not None:
+        history.close()
     result.iterations = iters
     done = max(1, iters - start)
     result.seconds_per_iter = (time.perf_counter() - t0) / done

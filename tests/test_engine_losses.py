@@ -1,0 +1,86 @@
+"""Losses against direct reference computations on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segrepro.engine.losses import build_criterion, lovasz_softmax, ohem_cross_entropy
+from segrepro.engine.schedule import poly_lr
+from segrepro.models.outputs import SegOutput
+
+P_GT = [0.95, 0.9, 0.8, 0.6, 0.3, 0.1]
+
+
+def _case() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes, one image of 1×7 pixels: GT class 0 with the probabilities above, then one ignored."""
+    logit0 = torch.tensor([math.log(p / (1 - p)) for p in P_GT] + [0.0], dtype=torch.float64)
+    logits = torch.stack([logit0, torch.zeros_like(logit0)]).view(1, 2, 1, 7)
+    target = torch.tensor([0] * 6 + [255]).view(1, 1, 7)
+    return logits, target
+
+
+def _ce(ps: list[float]) -> float:
+    return sum(-math.log(p) for p in ps) / len(ps)
+
+
+@pytest.mark.parametrize(
+    ("rule", "min_kept", "kept"),
+    [
+        ("gald", 4, [0.8, 0.6, 0.3, 0.1]),  # min_kept binds: threshold = 4th smallest = 0.8 > 0.7, keep ≤
+        ("gald", 2, [0.6, 0.3, 0.1]),  # thresh binds: 2nd smallest 0.3 < 0.7
+        ("gald", 100, P_GT),  # min_kept > N: nothing dropped
+        ("ann", 4, [0.8, 0.6, 0.3, 0.1]),  # sorted[4] = 0.9, keep <
+        ("ann", 2, [0.6, 0.3, 0.1]),  # sorted[2] = 0.6 < 0.7 → 0.7, keep <
+    ],
+)
+def test_ohem_matches_reference(rule: str, min_kept: int, kept: list[float]) -> None:
+    logits, target = _case()
+    got = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=min_kept, rule=rule)
+    assert got.item() == pytest.approx(_ce(kept), rel=1e-9)
+
+
+def test_ohem_is_per_image_mean() -> None:
+    logits, target = _case()
+    both = ohem_cross_entropy(torch.cat([logits, logits]), torch.cat([target, target]), 0.7, 4)
+    assert both.item() == pytest.approx(_ce([0.8, 0.6, 0.3, 0.1]), rel=1e-9)
+
+
+def test_ohem_class_weights_ann_is_plain_mean() -> None:
+    logits, target = _case()
+    w = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    got = ohem_cross_entropy(logits, target, 0.7, 4, weight=w, rule="ann")
+    assert got.item() == pytest.approx(2.0 * _ce([0.8, 0.6, 0.3, 0.1]), rel=1e-9)
+
+
+def test_lovasz_perfect_and_wrong() -> None:
+    target = torch.tensor([[[0, 1], [1, 255]]])
+    perfect = torch.tensor([[[[1.0, 0.0], [0.0, 0.5]], [[0.0, 1.0], [1.0, 0.5]]]])
+    assert lovasz_softmax(perfect, target).item() == pytest.approx(0.0)
+    assert lovasz_softmax(1 - perfect, target).item() == pytest.approx(1.0)
+
+
+def test_criterion_upsamples_and_weights_terms() -> None:
+    torch.manual_seed(0)
+    main, dsn = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 16, 16))
+    crit = build_criterion({"terms": [{"output": "main", "loss": "ce"}, {"output": "dsn", "loss": "ce", "weight": 0.4}]})
+    total, parts = crit(SegOutput(main, 4, {"dsn": dsn}, {"dsn": 4}), target)
+    up = lambda t: torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=True)  # noqa: E731
+    ref = torch.nn.functional.cross_entropy(up(main), target) + 0.4 * torch.nn.functional.cross_entropy(up(dsn), target)
+    assert total.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert set(parts) == {"ce_main", "ce_dsn"}
+
+
+def test_criterion_names_missing_output() -> None:
+    crit = build_criterion({"terms": [{"output": "coarse", "loss": "ce"}]})
+    with pytest.raises(KeyError, match="coarse"):
+        crit(SegOutput(torch.zeros(1, 2, 2, 2), 1), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_poly_lr() -> None:
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100) == 0.0
