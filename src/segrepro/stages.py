@@ -37,6 +37,17 @@ def _data_root(params: dict, dataset: str, data: Path | None) -> Path:
     return root
 
 
+def export_weights(checkpoint: Path, dst: Path) -> None:
+    """Write the plain model state_dict of a training checkpoint to ``dst`` (atomically)."""
+    import torch
+
+    from segrepro.io import atomic_path
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    with atomic_path(dst) as tmp:
+        torch.save(state["model"], tmp)
+
+
 def train(
     method: str,
     recipe: str | None = None,
@@ -94,6 +105,8 @@ def train(
             "checkpoint": str(result.final_checkpoint), "seconds_per_iter": result.seconds_per_iter,
         }
         if dist.is_main:
+            export_weights(result.final_checkpoint, out / "model.pt")
+            summary["model"] = str(out / "model.pt")
             val_root = root / "leftImg8bit" / "val" if dataset_name == "cityscapes" else None
             if val_root is None or val_root.is_dir():
                 val_set = get_dataset(dataset_name, root, "val", transform=build_transforms(method, False), **reader_kwargs)
