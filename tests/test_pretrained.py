@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from segrepro.errors import MissingWeightsError, UserError
+from segrepro.models import build
 from segrepro.models.backbones.resnet import ResNet
-from segrepro.models.pretrained import load_backbone, resolve_path
+from segrepro.models.pretrained import backbone_state, from_split_stem, load_backbone, resolve_path, to_split_stem
 
 TINY = dict(widths=(8, 16, 32, 64), stem_widths=(8, 8, 16))
 
@@ -157,3 +158,25 @@ def test_unreadable_file_and_unknown_source(tmp_path: Path) -> None:
         load_backbone(tiny_resnet(), tmp_path / "junk.pth", "mit")
     with pytest.raises(UserError, match="choose one of: mit, gald-deep, eca, dino"):
         load_backbone(tiny_resnet(), tmp_path / "junk.pth", "imagenet")
+
+
+# Which file each method's builder asks for, and that file's native stem layout.
+BUILDER_SOURCES = {
+    "alignseg": ("mit", "split"), "acfnet": ("eca", "split"), "gald": ("gald-deep", "sequential"),
+    "dgcnet": ("gald-deep", "sequential"), "ann": ("mit", "split"), "alignseg_ssl": ("dino", None),
+}
+
+
+@pytest.mark.parametrize("method", list(BUILDER_SOURCES))
+def test_builders_load_their_official_file_layout(tmp_path: Path, method: str) -> None:
+    """``build(method, variant="tiny", pretrained=FILE)`` fills the whole backbone from a file in the native layout."""
+    source, layout = BUILDER_SOURCES[method]
+    donor = randomised(build(method, variant="tiny"))
+    prefix, tensors = backbone_state(donor)
+    native = {k.removeprefix(prefix): v for k, v in tensors.items()}
+    if layout is not None:
+        native = from_split_stem(to_split_stem(native), layout)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in native.items()}}, tmp_path / "file.pth")
+    model = build(method, variant="tiny", pretrained=str(tmp_path / "file.pth"))
+    mine = backbone_state(model)[1]
+    assert mine.keys() == tensors.keys() and all(torch.equal(mine[k], tensors[k]) for k in tensors)
