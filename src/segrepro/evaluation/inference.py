@@ -1,0 +1,188 @@
+"""Test-time inference protocols: whole image or sliding window, at several scales, with optional flip.
+
+Fusion rules (what the official code does, reference specs):
+* **Tiles** (within one scale and one flip): each tile's ``main`` logits are upsampled bilinearly
+  (align_corners=True) to the tile size, raw logits are **summed and divided by the per-pixel tile
+  count** (AlignSeg/ACFNet/GALD/DGCNet ``predict_sliding``, ANN ``mscrop``). The grid: stride between
+  tiles, the last row/column shifted back to end flush with the border (``y1 = max(y2 - crop, 0)``).
+* **Images smaller than a tile** in either side are predicted whole (ANN's rule; AlignSeg/GALD would
+  zero-pad to the tile instead, which only differs below their crop size, never at scale 1 on 1024×2048).
+* **Scales and flips**: the image is resized bilinearly (align_corners=True) to ``int(h·s) × int(w·s)``;
+  each (scale, flip) logit map is resized back to the input size, softmaxed, and the probabilities are
+  **averaged** (ANN sums cubic-resized logits; softmax averaging is the common rule across methods).
+Memory: tiles run in chunks of ``tile_batch``; one logit accumulator at the current scale and one
+probability accumulator at the input size live on the device, and nothing goes back to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segrepro.errors import UserError
+
+MS_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def third_overlap_stride(crop: int) -> int:
+    """AlignSeg/GALD stride for 1/3 overlap: ``ceil(crop · 2/3)`` (872 → 582, 832 → 555, 769 → 513)."""
+    return math.ceil(crop * (1 - 1 / 3))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One inference protocol; ``crop=None`` means the whole image in one pass."""
+
+    name: str
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    crop: int | None = None
+    stride: int | None = None  # default: third_overlap_stride(crop)
+
+    def describe(self) -> str:
+        window = f"sliding {self.crop}/{self.tile_stride}" if self.crop else "whole image"
+        return f"{self.name}: {window}, scales {list(self.scales)}, flip {self.flip}"
+
+    @property
+    def tile_stride(self) -> int | None:
+        if self.crop is None:
+            return None
+        return self.stride or third_overlap_stride(self.crop)
+
+
+# Each method's own protocol (reference README "eval protocol" row and each spec's evaluation section),
+# by split: ANN is the only one whose test protocol differs from val.
+_SS = Protocol("official")
+OFFICIAL: dict[str, dict[str, Protocol]] = {
+    "alignseg": {"val": replace(_SS, crop=872)},  # sliding 872, 1/3 overlap → stride 582
+    "acfnet": {"val": replace(_SS, crop=769)},  # stride 513
+    "gald": {"val": replace(_SS, crop=832)},  # eval.py default, flip requested but ignored
+    "dgcnet": {"val": replace(_SS, crop=832)},
+    "ann": {"val": _SS, "test": Protocol("official", (0.75, 1.0, 1.25), True, 864, int(864 * 0.667))},
+    "alignseg_ssl": {"val": _SS},  # 448² whole image (the eval transform resizes), no TTA
+}
+
+
+def official_protocol(method: str, split: str = "val") -> Protocol:
+    if method not in OFFICIAL:
+        raise UserError(f"no official protocol for method {method!r}; choose one of: {', '.join(OFFICIAL)}")
+    table = OFFICIAL[method]
+    return table.get(split, table["val"])
+
+
+def resolve_protocol(method: str, name: str = "official", split: str = "val", *, scales: Sequence[float] | None = None,
+                     flip: bool | None = None, crop: int | None = None, stride: int | None = None) -> Protocol:
+    """``official`` | ``ss`` (whole image, one scale) | ``ms-flip`` (0.5–1.75 + flip, the method's official
+    window, ANN's test crop); explicit ``scales``/``flip``/``crop`` (0 = whole image)/``stride`` override."""
+    if name == "official":
+        proto = official_protocol(method, split)
+    elif name == "ss":
+        proto = Protocol("ss")
+    elif name == "ms-flip":
+        window = official_protocol(method, "test")
+        proto = Protocol("ms-flip", MS_SCALES, True, window.crop, window.stride)
+    else:
+        raise UserError(f"unknown protocol {name!r}; choose one of: official, ss, ms-flip")
+    if scales is not None:
+        if not scales or any(s <= 0 for s in scales):
+            raise UserError(f"--scales {list(scales)}: give positive scales, e.g. 0.75,1,1.25")
+        proto = replace(proto, scales=tuple(float(s) for s in scales))
+    if flip is not None:
+        proto = replace(proto, flip=flip)
+    if crop is not None:
+        proto = replace(proto, crop=crop or None, stride=None if not crop else proto.stride)
+    if stride is not None:
+        if stride <= 0:
+            raise UserError(f"--stride {stride}: must be positive")
+        proto = replace(proto, stride=stride)
+    return proto
+
+
+def tile_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Tile offsets along one side: every ``stride``, the last one flush with the border."""
+    n = max(math.ceil((size - crop) / stride), 0) + 1
+    return sorted({min(i * stride, size - crop) for i in range(n)})
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _forward(model: nn.Module, batch: Tensor, size: tuple[int, int]) -> Tensor:
+    """``main`` logits of a batch, float32, upsampled to ``size`` (bilinear, align_corners=True)."""
+    with _autocast(batch.device):
+        logits = model(batch).main
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return logits
+
+
+def predict_logits(model: nn.Module, image: Tensor, crop: int | None, stride: int | None,
+                   flip: bool = False, tile_batch: int = 4) -> Tensor:
+    """Fused logits ``(V, C, H, W)`` of one normalised image ``(1 or 3, H, W)`` at its own size.
+
+    ``V`` is 2 with ``flip`` (the second view already flipped back), else 1. Tiles of both views go through
+    the model together, ``tile_batch`` at a time.
+    """
+    x = image.unsqueeze(0) if image.dim() == 3 else image
+    views = torch.cat([x, x.flip(-1)]) if flip else x
+    h, w = x.shape[-2:]
+    if crop is None or h < crop or w < crop:
+        out = torch.cat([_forward(model, v, (h, w)) for v in _chunks(views, tile_batch)])
+    else:
+        stride = stride or third_overlap_stride(crop)
+        boxes = [(y, xx) for y in tile_starts(h, crop, stride) for xx in tile_starts(w, crop, stride)]
+        jobs = [(v, y, xx) for v in range(views.shape[0]) for y, xx in boxes]
+        out, count = None, torch.zeros(1, 1, h, w, device=x.device)
+        for y, xx in boxes:
+            count[..., y:y + crop, xx:xx + crop] += 1
+        for chunk in _chunks(jobs, tile_batch):
+            tiles = torch.stack([views[v, :, y:y + crop, xx:xx + crop] for v, y, xx in chunk])
+            logits = _forward(model, tiles, (crop, crop))
+            if out is None:
+                out = torch.zeros(views.shape[0], logits.shape[1], h, w, device=x.device)
+            for (v, y, xx), tile in zip(chunk, logits):
+                out[v, :, y:y + crop, xx:xx + crop] += tile
+        out = out / count
+    if flip:
+        out[1:] = out[1:].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, image: Tensor, protocol: Protocol, tile_batch: int = 4) -> Tensor:
+    """Class probabilities ``(C, H, W)`` of one normalised image, averaged over scales and flips."""
+    h, w = image.shape[-2:]
+    acc: Tensor | None = None
+    n = 0
+    for s in protocol.scales:
+        x = image.unsqueeze(0)
+        if s != 1.0:
+            x = F.interpolate(x, size=(int(h * s), int(w * s)), mode="bilinear", align_corners=True)
+        logits = predict_logits(model, x[0], protocol.crop, protocol.tile_stride, protocol.flip, tile_batch)
+        if tuple(logits.shape[-2:]) != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+        probs = logits.softmax(1).sum(0)
+        acc = probs if acc is None else acc.add_(probs)
+        n += logits.shape[0]
+    assert acc is not None
+    return acc.div_(n)
+
+
+def predict_classes(model: nn.Module, image: Tensor, protocol: Protocol, tile_batch: int = 4) -> Tensor:
+    """Argmax class map ``(H, W)`` (int64, on the image's device)."""
+    return predict_probs(model, image, protocol, tile_batch).argmax(0)
