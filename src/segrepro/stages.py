@@ -63,9 +63,11 @@ def train(
     from segrepro.data import get_dataset, get_spec
     from segrepro.data.transforms import build_transforms
     from segrepro.data.validate import default_prepared_dir
+    from segrepro.engine import objectives
     from segrepro.engine.distributed import cleanup, init_distributed
+    from segrepro.engine.objectives import iterations_for
     from segrepro.engine.trainer import train as run_training
-    from segrepro.evaluation.quick_val import quick_validate
+    from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
     from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
@@ -78,11 +80,18 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     crop = cfg.get("crop")
     crop = tuple(crop) if isinstance(crop, list) else crop
+    self_supervised = cfg.get("objective") == "self_supervised"
 
     dist = init_distributed(str(cfg.get("device", "auto")))
     spec = get_spec(dataset_name)
-    model = build(method, variant=cfg.get("variant"), num_classes=spec.num_classes, pretrained=cfg.get("pretrained"))
-    train_set = get_dataset(dataset_name, root, "train", **reader_kwargs)
+    num_classes = cfg.get("num_classes") or (None if self_supervised else spec.num_classes)
+    model = build(method, variant=cfg.get("variant"), num_classes=num_classes, pretrained=cfg.get("pretrained"))
+    train_set = get_dataset(dataset_name, root, str(cfg.get("train_split", "train")), **reader_kwargs)
+    cfg["iterations"] = iterations_for(cfg, len(train_set))
+    if self_supervised:
+        make_objective = lambda m: objectives.self_supervised(cfg, m, len(train_set))  # noqa: E731
+    else:
+        make_objective = lambda m: objectives.supervised(cfg, m)  # noqa: E731
     tracker = None
     if dist.is_main:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -97,8 +106,8 @@ def train(
     status = "FAILED"
     try:
         result = run_training(
-            cfg, model, train_set, lambda g: build_transforms(method, True, crop, generator=g), out, dist,
-            resume=resume, tracker=tracker,
+            cfg, model, train_set, lambda g: build_transforms(method, True, crop, generator=g), make_objective,
+            out, dist, resume=resume, tracker=tracker,
         )
         summary: dict[str, Any] = {
             "method": method, "recipe": cfg["recipe"], "iterations": result.iterations,
@@ -107,12 +116,15 @@ def train(
         if dist.is_main:
             export_weights(result.final_checkpoint, out / "model.pt")
             summary["model"] = str(out / "model.pt")
-            val_root = root / "leftImg8bit" / "val" if dataset_name == "cityscapes" else None
-            if val_root is None or val_root.is_dir():
-                val_set = get_dataset(dataset_name, root, "val", transform=build_transforms(method, False), **reader_kwargs)
-                scores = quick_validate(model, val_set, spec.num_classes, dist.device)
-                summary["val_mIoU"] = scores.miou
-                tracker.log_metrics({"val_mIoU": scores.miou}, step=result.iterations)
+            val_split = str(cfg.get("val_split", "val"))
+            val_set = get_dataset(dataset_name, root, val_split, transform=build_transforms(method, False, crop if self_supervised else None), **reader_kwargs)
+            if self_supervised:
+                scores = quick_validate_ssl(model, val_set, dist.device)
+                summary["val_mIoU"] = scores["mIoU"]
+                summary["val_protocol"] = scores["protocol"]
+            else:
+                summary["val_mIoU"] = quick_validate(model, val_set, spec.num_classes, dist.device).miou
+            tracker.log_metrics({"val_mIoU": summary["val_mIoU"]}, step=result.iterations)
             tracker.log_checkpoint(result.final_checkpoint, "final")
             summary["mlflow_run_id"] = tracker.run_id
             atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))

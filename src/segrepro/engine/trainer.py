@@ -26,9 +26,8 @@ from tqdm import tqdm
 
 from segrepro.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segrepro.engine.distributed import DistInfo, all_reduce_sum, gather_objects
-from segrepro.engine.losses import build_criterion
+from segrepro.engine.objectives import Objective
 from segrepro.engine.sampler import SeededSamples, StreamSampler
-from segrepro.engine.schedule import build_optimizer, set_lr
 from segrepro.errors import UserError
 from segrepro.models.norm import convert_sync_norm
 
@@ -83,20 +82,23 @@ def train(
     model: nn.Module,
     dataset: Dataset,
     make_transform: Callable[[torch.Generator], Callable],
+    make_objective: Callable[[nn.Module], Objective],
     out_dir: Path,
     dist: DistInfo,
     resume: bool = True,
     tracker: Tracker | None = None,
-    head_prefixes: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Train ``model`` on ``dataset`` for ``cfg["iterations"]`` iterations; checkpoints in ``out_dir``."""
+    """Train ``model`` on ``dataset`` for ``cfg["iterations"]`` iterations; checkpoints in ``out_dir``.
+
+    ``make_objective(model)`` is called once the model sits on its device (SyncBN converted), so the
+    optimiser holds the final parameters.
+    """
     iters = int(cfg["iterations"])
     global_batch = int(cfg["batch_size"])
     micro = int(cfg.get("per_gpu_batch", global_batch))
     micro = min(micro, max(1, global_batch // dist.world_size))
     seed = int(cfg.get("seed", 0))
     amp = str(cfg.get("amp", "bf16"))
-    opt_cfg = cfg["optimizer"]
     device = dist.device
 
     torch.manual_seed(seed + dist.rank)
@@ -105,8 +107,10 @@ def train(
         if dist.distributed:
             model = convert_sync_norm(model)
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, opt_cfg, head_prefixes)
-    criterion = build_criterion(cfg["loss"]).to(device)
+    objective = make_objective(model)
+    optimizer = objective.optimizer
+    for extra in objective.modules:
+        extra.to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
     ckpts = CheckpointManager(out_dir / "checkpoints", keep=int(cfg.get("keep_checkpoints", 3)))
 
@@ -144,21 +148,16 @@ def train(
     t0, images_done = time.perf_counter(), 0
     history = _open_history(out_dir / "train_log.csv", start) if dist.is_main else None
     for it in range(start, iters):
-        lr = set_lr(optimizer, float(opt_cfg["lr"]), it, iters, float(opt_cfg.get("poly_power", 0.9)))
+        lr = objective.set_lr(it)
         totals = torch.zeros(1, device=device)
         parts_sum: dict[str, float] = {}
         for a in range(accum):
             batch = next(batches)
-            image = batch["image"].to(device, non_blocking=True)
-            label = batch["label"].to(device, non_blocking=True).long()
-            if device.type == "cuda":
-                image = image.contiguous(memory_format=torch.channels_last)
             torch.manual_seed(_micro_seed(seed, it, a * dist.world_size + dist.rank))
             sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else net.no_sync()
             with sync:
                 with _autocast(device, amp):
-                    out = net(image)
-                loss, parts = criterion(out, label)
+                    loss, parts = objective.loss(net, batch, device)
                 scaler.scale(loss / accum).backward()
             totals += loss.detach()
             for k, v in parts.items():

@@ -30,3 +30,20 @@ def quick_validate(model: nn.Module, dataset: Dataset, num_classes: int, device:
             logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
         cm.update(logits.argmax(1), label)
     return cm.compute()
+
+
+@torch.no_grad()
+def quick_validate_ssl(model: nn.Module, dataset: Dataset, device: torch.device) -> dict:
+    """The self-supervised AlignSeg's official per-image majority-vote mIoU on 100×100 label maps."""
+    from segrepro.evaluation.ssl_metrics import PerImageMajorityVoteMIoU
+    from segrepro.models.alignseg_ssl import eval_labels
+
+    model.eval()
+    metric = None
+    for batch in tqdm(DataLoader(dataset, batch_size=1), desc="val", leave=False):
+        scores = model(batch["image"].to(device)).main
+        metric = metric or PerImageMajorityVoteMIoU(num_clusters=scores.shape[1])
+        label = batch["label"]
+        metric.update(eval_labels(scores, label.shape[-1]).cpu(), label)
+    assert metric is not None, "the validation split is empty"
+    return metric.compute()
