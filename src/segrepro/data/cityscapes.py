@@ -121,7 +121,7 @@ class CityscapesDataset(Dataset):
         img = self.images[index]
         with Image.open(img) as im:
             sample: dict[str, Any] = {
-                "image": np.asarray(im.convert("RGB")),
+                "image": np.array(im.convert("RGB")),  # writable, for torch.from_numpy
                 "name": stem_of(img),
                 "city": img.parent.name,
                 "image_path": str(img),

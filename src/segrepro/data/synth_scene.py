@@ -90,7 +90,14 @@ class SceneComposer:
     noise_sigma = 7.0
     region_sigma = 7.0
 
-    def __init__(self, classes: Sequence[SceneClass], appearance_seed: int | str = 0) -> None:
+    def __init__(
+        self,
+        classes: Sequence[SceneClass],
+        appearance_seed: int | str = 0,
+        objects_per_scene: tuple[int, int] | None = None,
+    ) -> None:
+        """``objects_per_scene`` (low, high inclusive) defaults to about one object per object class, so
+        that every object class is seen often enough to be learnt from a handful of images."""
         if not classes:
             raise ValueError("a scene needs at least one class")
         self.classes = tuple(classes)
@@ -101,6 +108,9 @@ class SceneComposer:
         self._pool = {role: np.flatnonzero(roles == role) for role in ROLES}
         self._objects = np.flatnonzero((roles == "object") | (roles == "thin"))
         self._fill = np.flatnonzero(~np.isin(roles, _UNFORCEABLE))
+        n_obj = len(self._objects)
+        high = min(14, n_obj + 2) if n_obj else 0
+        self.objects_per_scene = objects_per_scene or (min(high, max(3, n_obj // 2)), high)
         self.required = frozenset(
             i for i, c in enumerate(self.classes) if c.required and c.role not in _UNFORCEABLE
         )
@@ -130,12 +140,14 @@ class SceneComposer:
 
     # -- layout -------------------------------------------------------------------------------------
     def _pick(self, role: str, rng: np.random.Generator, first_bias: float = 0.0) -> int | None:
+        """A class of ``role``; not-required (ignored) classes are drawn 4x less often."""
         pool = self._pool[role]
         if len(pool) == 0:
             return None
         if first_bias and rng.random() < first_bias:
             return int(pool[0])
-        return int(rng.choice(pool))
+        weight = np.array([1.0 if self.classes[i].required else 0.25 for i in pool])
+        return int(rng.choice(pool, p=weight / weight.sum()))
 
     def _layout(self, cv: _Canvas, rng: np.random.Generator) -> None:
         h, w = cv.h, cv.w
@@ -155,10 +167,14 @@ class SceneComposer:
                 x0 = x1
         if has_ground:
             self._ground(cv, horizon, rng)
-        n_obj = int(rng.integers(3, 6 + min(8, len(self._objects) // 2))) if len(self._objects) else 0
-        bottoms = np.sort(rng.uniform(horizon if has_ground else h * 0.3, h, size=n_obj))
-        for y_b in bottoms:  # far (high) objects first, near ones drawn over them
-            self._object(cv, int(rng.choice(self._objects)), float(y_b), horizon, rng)
+        if len(self._objects):
+            low, high = self.objects_per_scene
+            n_obj = int(rng.integers(low, high + 1))
+            rounds = math.ceil(n_obj / len(self._objects))  # cycle through the classes: balanced frequencies
+            kinds = np.concatenate([rng.permutation(self._objects) for _ in range(rounds)])[:n_obj]
+            bottoms = np.sort(rng.uniform(horizon if has_ground else h * 0.3, h, size=n_obj))
+            for cls, y_b in zip(kinds, bottoms):  # far (high) objects first, near ones drawn over them
+                self._object(cv, int(cls), float(y_b), horizon, rng)
         for _ in range(int(rng.integers(0, 3))):
             void = self._pick("void", rng)
             if void is not None:
@@ -184,9 +200,9 @@ class SceneComposer:
     def _object(self, cv: _Canvas, cls: int, y_b: float, horizon: float, rng: np.random.Generator) -> None:
         h, w = cv.h, cv.w
         near = (y_b - horizon) / max(h - horizon, 1.0)
-        height = h * rng.uniform(0.08, 0.24) * (0.5 + 0.8 * near)
+        height = h * rng.uniform(0.12, 0.3) * (0.5 + 0.8 * near)
         if self.classes[cls].role == "thin":
-            height, width = height * 1.6, max(2.0, w * rng.uniform(0.008, 0.02))
+            height, width = height * 1.6, max(3.0, w * rng.uniform(0.008, 0.02))
         else:
             width = min(w * 0.4, height * self.appearance.aspect[cls] * rng.uniform(0.8, 1.25))
         cx = rng.uniform(0, w)
