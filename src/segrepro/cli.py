@@ -198,6 +198,52 @@ def bench_models_cmd(
         atomic_write_text(json_out, to_json(rows))
 
 
+# --- pipeline: synth, leaderboard, ui -----------------------------------------------------------
+
+
+@app.command("synth")
+def synth_cmd(
+    dataset: str = typer.Argument(..., help="A dataset listed under synth: in params.yaml (cityscapes, voc)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Dataset root (default: params.yaml data.<dataset>)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+) -> None:
+    """The embedded default dataset (DVC stage synth@<dataset>): synthetic data as params.yaml says, prepared."""
+    from segrepro import stages
+
+    res = stages.synth(dataset, out, params)
+    typer.echo(f"synthetic {dataset} at {res['root']}, prepared at {res['prepared']}")
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder holding runs/<method>/ (train + eval outputs)."),
+    out: Path = typer.Option(Path("leaderboard"), "--out", help="Where to write leaderboard.{md,csv,html} and metrics.json."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: params.yaml methods)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a stage=leaderboard run and register the models."),
+) -> None:
+    """Compare the methods: reproduced vs paper mIoU, per-class IoU, cost; Markdown, CSV, HTML, DVC metrics."""
+    from segrepro import stages
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    res = stages.leaderboard(runs, out, params, names, mlflow)
+    typer.echo(Path(res["files"]["md"]).read_text())
+    typer.echo(f"{res['rows']} row(s) written to {out}")
+
+
+@app.command("ui")
+def ui_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(5000, "--port", help="TCP port."),
+    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri", help="Default: sqlite:///<cwd>/mlflow.db; e.g. postgresql://..."),
+    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination", help="Default: ./mlartifacts; or s3://bucket/prefix."),
+) -> None:
+    """Start the project's MLflow server (tracking, served artifacts, model registry) and print its URL."""
+    from segrepro.tracking.server import serve
+
+    raise typer.Exit(serve(host, port, backend_store_uri, artifacts_destination))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app, turning user errors into one clean line."""
     try:

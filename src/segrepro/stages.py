@@ -134,3 +134,211 @@ def train(
         if tracker is not None:
             tracker.end(status)
         cleanup()
+
+
+def synth(dataset: str, out: Path | None = None, params_path: Path = Path("params.yaml")) -> dict[str, str]:
+    """The embedded default dataset: write ``synth.<dataset>`` of params.yaml, then validate + prepare it."""
+    from segrepro.data import prepare_dataset, synth_dataset
+
+    params = load_params(params_path)
+    table = params.get("synth") or {}
+    if dataset not in table:
+        raise UserError(f"{params_path}: no synth.{dataset} entry; add one (size, split_sizes, seed) or pick one of {sorted(table)}")
+    cfg = table[dataset] or {}
+    root = Path(out) if out is not None else Path((params.get("data") or {}).get(dataset, f"data/{dataset}"))
+    written = synth_dataset(dataset, root, cfg.get("split_sizes"), cfg.get("size"), int(cfg.get("seed", 0)))
+    prepared = prepare_dataset(dataset, written)
+    return {"dataset": dataset, "root": str(written), "prepared": str(prepared)}
+
+
+def leaderboard(
+    runs: Path = Path("runs"), out: Path = Path("leaderboard"), params_path: Path = Path("params.yaml"),
+    methods: Sequence[str] | None = None, log_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Collect the run folders of ``methods`` (params.yaml ``methods:``) into the leaderboard files;
+    log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
+    from segrepro.tracking.leaderboard import build_leaderboard, write_outputs
+    from segrepro.tracking.registry import log_leaderboard, mlflow_run_info
+
+    params = load_params(params_path) if Path(params_path).is_file() else {}
+    names = list(methods or params.get("methods") or [])
+    runs = Path(runs)
+    run_ids = {}
+    for name in names or [p.name for p in runs.glob("*") if p.is_dir()]:
+        summary_path = runs / name / "train_summary.json"
+        if summary_path.is_file():
+            run_ids[name] = str(json.loads(summary_path.read_text()).get("mlflow_run_id") or "")
+    info = mlflow_run_info(run_ids.values()) if log_mlflow else {}
+    table = build_leaderboard(runs, names or None, info)
+    files = write_outputs(table, Path(out))
+    summary: dict[str, Any] = {"rows": len(table), "files": {k: str(v) for k, v in files.items()}}
+    if log_mlflow:
+        known = {m: r for m, r in run_ids.items() if r in info}
+        summary["mlflow_run_id"] = log_leaderboard(table, files, known)
+    return summary
+
+
+# --- evaluate / submit ----------------------------------------------------------------------------
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_classes: int) -> Any:
+    """Build ``method`` and load a plain state_dict (or a training checkpoint's ``model``) strictly."""
+    import torch
+
+    from segrepro.models import build
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found; pass the model.pt written by `segrepro train`")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{checkpoint}: not a loadable state_dict ({type(err).__name__}); pass a plain "
+                        "state_dict such as runs/<method>/model.pt") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    model = build(method, variant=variant, num_classes=num_classes)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise UserError(f"{checkpoint}: does not fit {method}/{variant or 'default'} ({first}); check --method "
+                        "and --variant") from None
+    return model.eval()
+
+
+def _eval_setup(method: str, data: Path | None, variant: str | None, recipe: str | None,
+                overrides: Sequence[str], params_path: Path) -> tuple[dict, str, Path, str | None]:
+    params, cfg = resolved_config(method, recipe, overrides, params_path)
+    dataset_name = str(cfg["dataset"])
+    return cfg, dataset_name, _data_root(params, dataset_name, data), variant or cfg.get("variant")
+
+
+def evaluate(
+    method: str,
+    checkpoint: Path,
+    data: Path | None = None,
+    split: str = "val",
+    protocol: str = "official",
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+    save_pred: Path | None = None,
+    pred_kind: str = "labelIds",
+    overlays: int = 4,
+    variant: str | None = None,
+    out: Path | None = None,
+    recipe: str | None = None,
+    overrides: Sequence[str] = (),
+    params_path: Path = Path("params.yaml"),
+    device: str = "auto",
+    workers: int = 0,
+    tile_batch: int = 4,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Run a protocol over a split, write metrics.json / per-class CSV / plots, log an MLflow eval run."""
+    from segrepro.data import get_spec
+    from segrepro.evaluation.inference import resolve_protocol
+    from segrepro.evaluation.report import log_report, write_report
+    from segrepro.evaluation.predict import run_evaluation
+    from segrepro.submission.build import sha256_file
+    from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
+
+    cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
+    proto = resolve_protocol(method, protocol, split, scales=scales, flip=flip, crop=crop, stride=stride)
+    model = load_eval_model(method, checkpoint, variant, get_spec(dataset_name).num_classes)
+    out = Path(out or Path("runs") / method / "eval")
+    report = run_evaluation(method, model, dataset_name, root, split, proto, _device(device), save_pred=save_pred,
+                            pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays", workers=workers,
+                            tile_batch=tile_batch)
+    info = {"method": method, "variant": str(variant), "split": split, "protocol": proto.describe(),
+            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint))}
+    report.json_dict.setdefault("segrepro", {}).update(info)
+    files = write_report(report, out)
+    summary: dict[str, Any] = {**info, **report.metrics, "out": str(out)}
+    if track:
+        tags = {"stage": "evaluate", "method": method, "dataset": dataset_name, "split": split,
+                "protocol": proto.name, "variant": str(variant), **git_state()}
+        for candidate in (Path(checkpoint).parent / "train_summary.json", Path("runs") / method / "train_summary.json"):
+            if candidate.is_file():
+                parent = json.loads(candidate.read_text()).get("mlflow_run_id")
+                if parent:
+                    tags["parent_train_run_id"] = str(parent)
+                break
+        params = {"protocol": proto.name, "scales": list(proto.scales), "flip": proto.flip, "crop": proto.crop,
+                  "stride": proto.tile_stride, "checkpoint_sha256": info["checkpoint_sha256"], "split": split}
+        tracker = MlflowTracker(run_name=f"{method}-eval-{proto.name}", tags=tags, params=params)
+        status = "FAILED"
+        try:
+            log_report(tracker, report, files)
+            status = "FINISHED"
+        finally:
+            tracker.end(status)
+        summary["mlflow_run_id"] = tracker.run_id
+    atomic_write_text(out / "eval_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def submit_build(
+    method: str,
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    protocol: str = "official",
+    split: str = "test",
+    variant: str | None = None,
+    recipe: str | None = None,
+    overrides: Sequence[str] = (),
+    params_path: Path = Path("params.yaml"),
+    device: str = "auto",
+    workers: int = 0,
+    tile_batch: int = 4,
+) -> dict[str, Any]:
+    """Predict every image of the Cityscapes split and zip one labelId PNG each (resumable, atomic)."""
+    from dataclasses import asdict
+
+    from segrepro.data import get_dataset, get_spec
+    from segrepro.data.cityscapes import stem_of
+    from segrepro.data.transforms import build_transforms
+    from segrepro.evaluation.inference import resolve_protocol
+    from segrepro.evaluation.predict import iter_predictions, save_prediction
+    from segrepro.submission.build import open_staging, prediction_name, sha256_file, write_archive
+    from segrepro.tracking.mlflow_tracker import git_state
+
+    cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
+    if dataset_name != "cityscapes":
+        raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
+    proto = resolve_protocol(method, protocol, split)
+    model = load_eval_model(method, checkpoint, variant, get_spec(dataset_name).num_classes)
+    out = Path(out)
+    manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
+                "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
+                "protocol_settings": asdict(proto), "split": split, "format": "labelIds, 8-bit PNG, full size",
+                "git_sha": git_state()["git_sha"]}
+    stage = open_staging(out, manifest)
+    dataset = get_dataset(dataset_name, root, split, transform=build_transforms(method, False))
+    names = [prediction_name(stem_of(p)) for p in dataset.images]
+    done = sum((stage / n).is_file() for n in names)
+    for pred in iter_predictions(model, dataset, proto, _device(device), skip=lambda i: (stage / names[i]).is_file(),
+                                 workers=workers, tile_batch=tile_batch, desc="submission"):
+        save_prediction(pred.classes, stage / names[pred.sample["index"]], "labelIds")
+    write_archive(stage, names, out)
+    return {"archive": str(out), "predictions": len(names), "resumed": done, "protocol": proto.describe()}
+
+
+def submit_validate(archive: Path, data: Path, split: str = "test", max_mb: float | None = None) -> dict[str, Any]:
+    """Check an archive against the split under ``data``; raises SubmissionError listing every problem."""
+    from segrepro.submission.validate import MAX_ARCHIVE_BYTES, validate_archive
+
+    limit = int(max_mb * 2**20) if max_mb is not None else MAX_ARCHIVE_BYTES
+    summary = validate_archive(Path(archive), Path(data), split, limit)
+    return {"archive": str(archive), "predictions": summary.predictions, "bytes": summary.archive_bytes}

@@ -1,0 +1,185 @@
+"""The leaderboard: one row per method and recipe, built only from what the run folders hold.
+
+Each ``runs/<method>/`` holds ``config.yaml`` (resolved recipe), ``train_summary.json`` and
+``eval/metrics.json`` (official Cityscapes field names, or ``mIoU`` for other protocols). Missing pieces
+stay empty (NaN), never guessed. Outputs: Markdown, CSV, a self-contained HTML page with a per-class
+heat map, and a DVC metrics JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from segrepro.errors import UserError
+from segrepro.io import atomic_write_text
+from segrepro.tracking.paper_results import paper_label, paper_result, spec_reference
+
+SUMMARY_COLUMNS = [
+    "method", "recipe", "dataset", "backbone", "protocol", "paper_mIoU", "paper_source", "mIoU", "delta",
+    "iIoU", "category_IoU", "params_M", "GFLOPs", "train_s_per_iter", "eval_img_per_s", "peak_mem_MB",
+    "train_hours", "git_sha", "data_hash", "mlflow_run",
+]
+CLASS_PREFIX = "IoU/"
+FLOPS_SIZE = {"cityscapes": (1024, 2048)}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}); rerun the stage that writes it") from None
+
+
+def _pct(value: Any) -> float:
+    """Scores in [0, 1] → percent; NaN stays NaN (the official JSON writes absent classes as NaN)."""
+    return float(value) * 100.0 if value is not None else math.nan
+
+
+def _first(mapping: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if mapping.get(key) is not None:
+            return mapping[key]
+    return None
+
+
+def model_size(method: str, variant: str, dataset: str, num_classes: int | None) -> tuple[float, float]:
+    """(parameters in millions, GFLOPs of one eval forward); FLOPs NaN when the counter cannot trace it."""
+    from segrepro.models import build
+    from segrepro.models.bench import SQUARE_ONLY, count_flops, count_params
+
+    params = count_params(build(method, variant=variant, num_classes=num_classes)) / 1e6
+    size = SQUARE_ONLY.get(method, FLOPS_SIZE.get(dataset, (512, 512)))
+    try:
+        gflops = count_flops(method, variant, size) / 1e9
+    except Exception:  # optional figure: some attention ops have no meta/FLOP rule
+        gflops = math.nan
+    return params, gflops
+
+
+def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One leaderboard row from a run folder; None when it has neither training nor evaluation results."""
+    config_path = run_dir / "config.yaml"
+    summary = _read_json(run_dir / "train_summary.json")
+    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    if not summary and not metrics:
+        return None
+    cfg = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    extras = metrics.get("segrepro") or {}
+    method = str(summary.get("method") or extras.get("method") or run_dir.name)
+    recipe = str(summary.get("recipe") or cfg.get("recipe") or "?")
+    variant = cfg.get("variant")
+    dataset = str(cfg.get("dataset") or extras.get("dataset") or "?")
+
+    miou = _first(metrics, "averageScoreClasses", "mIoU")
+    if miou is None:
+        miou = summary.get("val_mIoU")
+        protocol = "quick val (training)" if miou is not None else ""
+    else:
+        protocol = str(_first(extras, "protocol") or f"{extras.get('split', 'val')} {extras.get('mode', '')}".strip())
+    row: dict[str, Any] = {
+        "method": method, "recipe": recipe, "dataset": dataset, "backbone": variant, "protocol": protocol,
+        "mIoU": _pct(miou), "iIoU": _pct(metrics.get("averageScoreInstClasses")),
+        "category_IoU": _pct(metrics.get("averageScoreCategories")),
+    }
+    paper = paper_result(method, recipe)
+    if paper is not None:
+        row["paper_mIoU"] = paper.miou
+        row["paper_source"] = f"{paper.source}; {paper.split}, {paper.protocol} ({spec_reference(method)})"
+        row["delta"] = row["mIoU"] - paper.miou
+    else:
+        row["paper_mIoU"] = paper_label(method, recipe, variant)
+        row["paper_source"] = ""
+        row["delta"] = math.nan
+    for name, score in (metrics.get("classScores") or {}).items():
+        row[CLASS_PREFIX + name] = _pct(score)
+
+    if variant is not None:
+        row["params_M"], row["GFLOPs"] = model_size(method, str(variant), dataset, cfg.get("num_classes"))
+    spi = summary.get("seconds_per_iter")
+    row["train_s_per_iter"] = float(spi) if spi is not None else math.nan
+    iters = summary.get("iterations")
+    row["train_hours"] = float(spi) * int(iters) / 3600.0 if spi is not None and iters is not None else math.nan
+    row["eval_img_per_s"] = _first(extras, "images_per_second", "img_per_s")
+    row["peak_mem_MB"] = _first(extras, "peak_memory_mb", "peak_mem_mb")
+    info = mlflow_info or {}
+    row["git_sha"] = info.get("git_sha", "")
+    row["data_hash"] = info.get("dvc_data_hash", "")
+    row["mlflow_run"] = info.get("link", summary.get("mlflow_run_id", ""))
+    return row
+
+
+def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
+    """Rows for ``methods`` (all run folders when None), sorted by reproduced mIoU."""
+    if not runs.is_dir():
+        raise UserError(f"{runs}: runs folder not found; train and evaluate first (`dvc repro` or `segrepro train`)")
+    folders = [runs / m for m in methods] if methods else sorted(p for p in runs.iterdir() if p.is_dir())
+    rows = []
+    for folder in folders:
+        run_id = _read_json(folder / "train_summary.json").get("mlflow_run_id", "")
+        row = run_row(folder, (mlflow_info or {}).get(run_id))
+        if row is not None:
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{runs}: no run folder with train_summary.json or eval/metrics.json; run the pipeline first")
+    table = pd.DataFrame(rows)
+    class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
+    table = table.reindex(columns=SUMMARY_COLUMNS + class_cols)
+    return table.sort_values("mIoU", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _heat_color(value: float) -> str:
+    if not isinstance(value, float) or math.isnan(value):
+        return "#eeeeee"
+    t = max(0.0, min(1.0, value / 100.0))
+    return f"hsl({int(120 * t)}, 70%, {int(85 - 30 * t)}%)"
+
+
+def to_html(table: pd.DataFrame) -> str:
+    """A self-contained page (no scripts, no external assets): the summary and a methods × classes heat map."""
+    summary = table[SUMMARY_COLUMNS].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}", escape=True)
+    class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
+    head = "".join(f"<th>{html.escape(c[len(CLASS_PREFIX):])}</th>" for c in class_cols)
+    body = []
+    for _, row in table.iterrows():
+        cells = "".join(
+            f'<td style="background:{_heat_color(row[c])}">{"" if pd.isna(row[c]) else f"{row[c]:.1f}"}</td>'
+            for c in class_cols
+        )
+        body.append(f"<tr><th>{html.escape(str(row['method']))} / {html.escape(str(row['recipe']))}</th>{cells}</tr>")
+    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>segrepro leaderboard</title><style>{style}</style>"
+        f"</head><body><h1>segrepro leaderboard</h1>{summary}<h2>Per-class IoU (%)</h2>"
+        f"<table class='heatmap'><tr><th>method / recipe</th>{head}</tr>{''.join(body)}</table></body></html>\n"
+    )
+
+
+def metrics_json(table: pd.DataFrame) -> dict[str, Any]:
+    """DVC metrics: reproduced mIoU (and Δ when a paper number exists) per method/recipe."""
+    out: dict[str, Any] = {}
+    for _, row in table.iterrows():
+        entry = {k: float(row[k]) for k in ("mIoU", "iIoU", "category_IoU", "delta") if not pd.isna(row[k])}
+        out[f"{row['method']}/{row['recipe']}"] = entry
+    return out
+
+
+def write_outputs(table: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """leaderboard.{md,csv,html} and metrics.json in ``out``, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: out / f"leaderboard.{k}" for k in ("md", "csv", "html")}
+    files["metrics"] = out / "metrics.json"
+    atomic_write_text(files["md"], table[SUMMARY_COLUMNS].to_markdown(index=False, floatfmt=".2f") + "\n")
+    atomic_write_text(files["csv"], table.to_csv(index=False))
+    atomic_write_text(files["html"], to_html(table))
+    atomic_write_text(files["metrics"], json.dumps(metrics_json(table), indent=2) + "\n")
+    return files
