@@ -148,3 +148,13 @@ def test_prepare_refuses_foreign_output_and_replaces_own(synthetic: tuple[Path, 
     with pytest.raises(UserError, match="holds other files"):
         prepare_dataset("cityscapes", root, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_reader_user_errors(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = synthetic
+    with pytest.raises(UserError, match="run segrepro data prepare"):
+        get_dataset("cityscapes", root, "train", prepared=tmp_path)
+    with pytest.raises(UserError, match="no \\*_leftImg8bit.png images"):
+        get_dataset("cityscapes", tmp_path, "val")
+    with pytest.raises(UserError, match="unknown Cityscapes split"):
+        get_dataset("cityscapes", root, "training")

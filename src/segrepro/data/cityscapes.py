@@ -102,6 +102,12 @@ class CityscapesDataset(Dataset):
                 f"{self.root / IMAGE_DIR / split}: no *{IMAGE_SUFFIX} images; check the dataset root "
                 "(segrepro data prepare cityscapes --root DIR validates the layout)"
             )
+        if self.has_labels and not self.label_path(0).is_file():
+            raise UserError(
+                f"{self.label_path(0)}: label not found; run segrepro data prepare cityscapes --root {self.root}"
+                if self.prepared is not None
+                else f"{self.label_path(0)}: label not found; restore gtFine/{split} from the official archive"
+            )
         self._lut = label_to_train_lut()
 
     def __len__(self) -> int:
