@@ -136,6 +136,90 @@ def train_cmd(
         typer.echo(f"{method}: val mIoU {summary['val_mIoU']:.4f} ({summary['checkpoint']})")
 
 
+# --- evaluate / submit --------------------------------------------------------------------------
+
+
+def _floats(value: Optional[str]) -> Optional[list[float]]:
+    if not value:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--scales {value!r}: give comma-separated numbers, e.g. 0.75,1,1.25") from None
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
+    split: str = typer.Option("val", "--split", help="Split to evaluate (needs labels)."),
+    protocol: str = typer.Option("official", "--protocol", help="official (the method's own), ss (whole image), ms-flip (0.5-1.75 + flip)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Override the scales, e.g. 0.75,1,1.25."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Override horizontal-flip averaging."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Override the sliding tile size (0: whole image)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Override the tile stride (default: 1/3 overlap)."),
+    save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="Write every prediction PNG under this folder."),
+    pred_kind: str = typer.Option("labelIds", "--pred-kind", help="Saved PNG values: labelIds (Cityscapes) or trainIds."),
+    overlays: int = typer.Option(4, "--overlays", help="Colour overlays for the first N images (in OUT/overlays)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<method>/eval)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log an MLflow eval run linked to the training run."),
+) -> None:
+    """Run an inference protocol over a split; metrics.json, per-class CSV, plots and an MLflow eval run."""
+    from segrepro import stages
+
+    summary = stages.evaluate(method, checkpoint, data, split, protocol, _floats(scales), flip, crop, stride, save_pred,
+                              pred_kind, overlays, variant, out, recipe, (), params, device, workers, tile_batch, mlflow)
+    headline = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "mIoU" in k or k == "iIoU")
+    typer.echo(f"{method} [{summary['protocol']}]: {headline} (written to {summary['out']})")
+
+
+submit_app = typer.Typer(help="Cityscapes test-server archives: build and validate.", no_args_is_help=True)
+app.add_typer(submit_app, name="submit")
+
+
+@submit_app.command("build")
+def submit_build_cmd(
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
+    data: Path = typer.Option(..., "--data", help="Cityscapes root holding leftImg8bit/<split>."),
+    out: Path = typer.Option(..., "--out", help="Archive to write, e.g. submission.zip (staging in OUT.parts/)."),
+    protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
+    split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+) -> None:
+    """One 8-bit labelId PNG per image, zipped with a manifest.json; resumes after a crash."""
+    from segrepro import stages
+
+    summary = stages.submit_build(method, checkpoint, data, out, protocol, split, variant, None, (), params, device,
+                                  workers, tile_batch)
+    typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
+
+
+@submit_app.command("validate")
+def submit_validate_cmd(
+    archive: Path = typer.Argument(..., help="The .zip to check."),
+    data: Path = typer.Option(..., "--data", help="Cityscapes root holding leftImg8bit/<split>."),
+    split: str = typer.Option("test", "--split", help="Split the archive must cover."),
+    max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Archive size limit in MiB (default 500)."),
+) -> None:
+    """Check names, count, size, mode, labelIds and archive safety; every problem listed, exit 2 if any."""
+    from segrepro import stages
+
+    summary = stages.submit_validate(archive, data, split, max_mb)
+    typer.echo(f"{archive}: valid, {summary['predictions']} predictions, {summary['bytes']} bytes")
+
+
 # --- bench --------------------------------------------------------------------------------------
 # (one subcommand per layer: data, models, train, eval)
 
