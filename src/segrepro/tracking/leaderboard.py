@@ -1,7 +1,7 @@
 """The leaderboard: one row per method and recipe, built only from what the run folders hold.
 
 Each ``runs/<method>/`` holds ``config.yaml`` (resolved recipe), ``train_summary.json`` and
-``eval/metrics.json`` (official Cityscapes field names, or ``mIoU`` for other protocols). Missing pieces
+``eval/eval_summary.json`` (headline metrics, protocol) + ``eval/per_class.csv``. Missing pieces
 stay empty (NaN), never guessed. Outputs: Markdown, CSV, a self-contained HTML page with a per-class
 heat map, and a DVC metrics JSON.
 """
@@ -53,10 +53,13 @@ def _first(mapping: dict[str, Any], *keys: str) -> Any:
 
 def model_size(method: str, variant: str, dataset: str, num_classes: int | None) -> tuple[float, float]:
     """(parameters in millions, GFLOPs of one eval forward); FLOPs NaN when the counter cannot trace it."""
+    import torch
+
     from segrepro.models import build
     from segrepro.models.bench import SQUARE_ONLY, count_flops, count_params
 
-    params = count_params(build(method, variant=variant, num_classes=num_classes)) / 1e6
+    with torch.device("meta"):  # shapes only: no memory, no init time, even for R101
+        params = count_params(build(method, variant=variant, num_classes=num_classes)) / 1e6
     size = SQUARE_ONLY.get(method, FLOPS_SIZE.get(dataset, (512, 512)))
     try:
         gflops = count_flops(method, variant, size) / 1e9
@@ -69,26 +72,24 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[st
     """One leaderboard row from a run folder; None when it has neither training nor evaluation results."""
     config_path = run_dir / "config.yaml"
     summary = _read_json(run_dir / "train_summary.json")
-    metrics = _read_json(run_dir / "eval" / "metrics.json")
-    if not summary and not metrics:
+    evaluation = _read_json(run_dir / "eval" / "eval_summary.json")
+    if not summary and not evaluation:
         return None
     cfg = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    extras = metrics.get("segrepro") or {}
-    method = str(summary.get("method") or extras.get("method") or run_dir.name)
+    method = str(summary.get("method") or evaluation.get("method") or run_dir.name)
     recipe = str(summary.get("recipe") or cfg.get("recipe") or "?")
-    variant = cfg.get("variant")
-    dataset = str(cfg.get("dataset") or extras.get("dataset") or "?")
+    variant = cfg.get("variant") or evaluation.get("variant")
+    dataset = str(cfg.get("dataset") or "?")
 
-    miou = _first(metrics, "averageScoreClasses", "mIoU")
-    if miou is None:
-        miou = summary.get("val_mIoU")
-        protocol = "quick val (training)" if miou is not None else ""
-    else:
-        protocol = str(_first(extras, "protocol") or f"{extras.get('split', 'val')} {extras.get('mode', '')}".strip())
+    # the self-supervised method's comparable number is the official per-image protocol
+    miou = _first(evaluation, "mIoU", "official_per_image_majority_mIoU")
+    protocol = f"{evaluation.get('split', '')} {evaluation.get('protocol', '')}".strip()
+    if miou is None and summary.get("val_mIoU") is not None:
+        miou, protocol = summary["val_mIoU"], "quick val (training)"
     row: dict[str, Any] = {
         "method": method, "recipe": recipe, "dataset": dataset, "backbone": variant, "protocol": protocol,
-        "mIoU": _pct(miou), "iIoU": _pct(metrics.get("averageScoreInstClasses")),
-        "category_IoU": _pct(metrics.get("averageScoreCategories")),
+        "mIoU": _pct(miou), "iIoU": _pct(_first(evaluation, "iIoU")),
+        "category_IoU": _pct(_first(evaluation, "category_IoU")),
     }
     paper = paper_result(method, recipe)
     if paper is not None:
@@ -99,8 +100,10 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[st
         row["paper_mIoU"] = paper_label(method, recipe, variant)
         row["paper_source"] = ""
         row["delta"] = math.nan
-    for name, score in (metrics.get("classScores") or {}).items():
-        row[CLASS_PREFIX + name] = _pct(score)
+    per_class = run_dir / "eval" / "per_class.csv"
+    if per_class.is_file():
+        for _, entry in pd.read_csv(per_class).iterrows():
+            row[CLASS_PREFIX + str(entry["class"])] = _pct(entry["IoU"])
 
     if variant is not None:
         row["params_M"], row["GFLOPs"] = model_size(method, str(variant), dataset, cfg.get("num_classes"))
@@ -108,8 +111,8 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[st
     row["train_s_per_iter"] = float(spi) if spi is not None else math.nan
     iters = summary.get("iterations")
     row["train_hours"] = float(spi) * int(iters) / 3600.0 if spi is not None and iters is not None else math.nan
-    row["eval_img_per_s"] = _first(extras, "images_per_second", "img_per_s")
-    row["peak_mem_MB"] = _first(extras, "peak_memory_mb", "peak_mem_mb")
+    row["eval_img_per_s"] = _first(evaluation, "images_per_second", "img_per_s")
+    row["peak_mem_MB"] = _first(evaluation, "peak_memory_mb", "peak_mem_mb")
     info = mlflow_info or {}
     row["git_sha"] = info.get("git_sha", "")
     row["data_hash"] = info.get("dvc_data_hash", "")
@@ -129,7 +132,7 @@ def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[s
         if row is not None:
             rows.append(row)
     if not rows:
-        raise UserError(f"{runs}: no run folder with train_summary.json or eval/metrics.json; run the pipeline first")
+        raise UserError(f"{runs}: no run folder with train_summary.json or eval/eval_summary.json; run the pipeline first")
     table = pd.DataFrame(rows)
     class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
     table = table.reindex(columns=SUMMARY_COLUMNS + class_cols)
@@ -160,7 +163,7 @@ def to_html(table: pd.DataFrame) -> str:
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>segrepro leaderboard</title><style>{style}</style>"
         f"</head><body><h1>segrepro leaderboard</h1>{summary}<h2>Per-class IoU (%)</h2>"
-        f"<table class='heatmap'><tr><th>method / recipe</th>{head}</tr>{''.join(body)}</table></body></html>\n"
+        f"<table class='heatmap'><tr class='head'><th>method / recipe</th>{head}</tr>{''.join(body)}</table></body></html>\n"
     )
 
 
