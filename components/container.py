@@ -1,0 +1,91 @@
+"""Container components: the segrepro image running the CLI, one component per stage.
+
+Every ``segrepro`` command line below comes from :func:`components.cli_args.segrepro_args`, i.e.
+from the click command itself. Where a stage needs two commands (fetch + prepare, collect +
+leaderboard) they are joined into one ``sh -ec`` script whose inputs arrive as ``$0``/``$1``, so
+no input value is ever spliced into shell text.
+"""
+
+
+import shlex
+from collections.abc import Sequence
+from typing import Any, List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components import DATASET_SUBDIR, DEFAULT_IMAGE, MODEL_FILE, StageComponents
+from components.cli_args import segrepro_args
+from pipelines.data import TRAIN_FILES
+
+COLLECT_DIR = "/tmp/segrepro-runs"
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """Quote an argv for ``sh``; tokens that use ``$0``/``$1`` stay double-quoted (expanded, not split)."""
+    return " ".join(f'"{tok}"' if "$" in tok else shlex.quote(tok) for tok in argv)
+
+
+def shell_script(*argvs: Sequence[str]) -> str:
+    """``cmd1 && ... && exec cmdN``: the last command replaces the shell so its exit code is the task's."""
+    parts = [shell_join(a) for a in argvs]
+    return " && ".join(parts[:-1] + [f"exec {parts[-1]}"])
+
+
+def _spec(command: list[Any]) -> dsl.ContainerSpec:
+    return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=command)
+
+
+def container_components() -> StageComponents:
+    """Build the five container components (reads the CLI definition, so call it after imports)."""
+    data_dir = f"$1/{DATASET_SUBDIR}"
+    prepare_script = shell_script(
+        segrepro_args(["pipeline", "fetch"], "$0", data_dir),
+        segrepro_args(["data", "prepare"], "cityscapes", root=data_dir),
+    )
+    evaluate_script = shell_script(
+        ["mkdir", "-p", "$2"],
+        ["cp", *(f"$1/{name}" for name in TRAIN_FILES), "$2/"],
+        segrepro_args(["evaluate"], method="$0", checkpoint=f"$1/{MODEL_FILE}", data=f"$3/{DATASET_SUBDIR}", out="$2/eval"),
+    )
+    leaderboard_script = shell_script(
+        segrepro_args(["pipeline", "collect"], "$0", f"{COLLECT_DIR}/runs"),
+        segrepro_args(["leaderboard"], runs=f"{COLLECT_DIR}/runs", out=f"{COLLECT_DIR}/board"),
+        ["cp", f"{COLLECT_DIR}/board/leaderboard.md", "$1"],
+        ["cp", f"{COLLECT_DIR}/board/leaderboard.html", "$2"],
+        ["cp", f"{COLLECT_DIR}/board/metrics.json", "$3"],
+    )
+
+    @dsl.container_component
+    def prepare(data_root: str, dataset: Output[Dataset]):
+        """Copy the raw dataset (PVC path or s3:// URI) into the artifact and prepare it beside."""
+        return _spec(["sh", "-ec", prepare_script, data_root, dataset.path])
+
+    @dsl.container_component
+    def train(method: str, recipe: str, gpus: int, dataset: Input[Dataset], model: Output[Model]):
+        """``torchrun --nproc_per_node N segrepro train``: one DDP process per requested GPU."""
+        return _spec([
+            "torchrun", "--standalone", "--nproc_per_node", gpus, "--no-python",
+            *segrepro_args(["train"], method=method, recipe=recipe,
+                           data=f"{dataset.path}/{DATASET_SUBDIR}", out=model.path),
+        ])
+
+    @dsl.container_component
+    def evaluate(method: str, dataset: Input[Dataset], model: Input[Model], results: Output[Metrics]):
+        """Official-protocol evaluation on val; the artifact is the evaluated run (train summary + eval/)."""
+        return _spec(["sh", "-ec", evaluate_script, method, model.path, results.path, dataset.path])
+
+    @dsl.container_component
+    def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission: Output[Artifact]):
+        """The Cityscapes test-server zip for the trained weights."""
+        return _spec(segrepro_args(
+            ["submit", "build"], method=method, checkpoint=f"{model.path}/{MODEL_FILE}",
+            data=f"{dataset.path}/{DATASET_SUBDIR}", out=submission.path,
+        ))
+
+    @dsl.container_component
+    def leaderboard(results: Input[List[Metrics]], board: Output[Markdown], page: Output[HTML], scores: Output[Metrics]):
+        """One table over every evaluated run (the collected evaluate artifacts)."""
+        return _spec(["sh", "-ec", leaderboard_script, results, board.path, page.path, scores.path])
+
+    return StageComponents(prepare, train, evaluate, submit, leaderboard)

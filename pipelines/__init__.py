@@ -1,0 +1,1 @@
+"""Kubeflow pipelines of segrepro (see pipelines.cityscapes_benchmark)."""
