@@ -98,7 +98,7 @@ def save_overlay(image_path: Path, classes: Tensor, path: Path) -> None:
 
 def _read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(im)
+        return np.array(im)
 
 
 def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir: Path, overlays: int) -> None:

@@ -1,0 +1,221 @@
+"""Submission archives: build/validate round trip on synthetic Cityscapes, resume, metric check, malformed archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segrepro import stages
+from segrepro.cli import main
+from segrepro.data import synth_dataset
+from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders
+from segrepro.evaluation.predict import png_bytes
+from segrepro.models import build
+from segrepro.submission import SubmissionError, check_archive, validate_archive
+from segrepro.submission.build import MANIFEST, open_staging, sha256_file, staging_dir
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+H, W = 64, 128
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("subm") / "cs"
+    synth_dataset("cityscapes", root, "1,2,3", (H, W), 0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(city: Path) -> Path:
+    torch.manual_seed(0)
+    path = city.parent / "model.pt"
+    torch.save(build("alignseg", variant="tiny", num_classes=19).state_dict(), path)
+    return path
+
+
+def _build(city: Path, checkpoint: Path, out: Path, split: str = "test") -> dict:
+    return stages.submit_build("alignseg", checkpoint, city, out, "official", split, params_path=PARAMS, device="cpu")
+
+
+def test_build_validate_and_manifest(city: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub.zip"
+    summary = _build(city, checkpoint, out)
+    assert summary["predictions"] == 3 and summary["resumed"] == 0
+    assert not staging_dir(out).exists()
+    assert validate_archive(out, city).predictions == 3
+    with zipfile.ZipFile(out) as zf:
+        names = sorted(zf.namelist())
+        manifest = json.loads(zf.read(MANIFEST))
+        pngs = [n for n in names if n.endswith(".png")]
+        for name in pngs:
+            with Image.open(io.BytesIO(zf.read(name))) as im:
+                assert (im.mode, im.size) == ("L", (W, H))
+                assert set(np.unique(np.asarray(im)).tolist()) <= {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25,
+                                                                   26, 27, 28, 31, 32, 33}
+    expected = sorted(p.name for p in (city / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
+    assert pngs == expected
+    assert manifest["method"] == "alignseg" and manifest["split"] == "test"
+    assert manifest["checkpoint_sha256"] == sha256_file(checkpoint) and manifest["git_sha"]
+    assert main_exit(["submit", "validate", str(out), "--data", str(city)]) == 0
+
+
+def main_exit(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_resume_skips_written_predictions(city: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub.zip"
+    _build(city, checkpoint, out)
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read(MANIFEST))
+        first = sorted(n for n in zf.namelist() if n.endswith(".png"))[0]
+    out.unlink()
+    stage = open_staging(out, manifest)  # as left by a crash after the first image
+    marker = png_bytes(np.full((H, W), 21, dtype=np.uint8))
+    (stage / first).write_bytes(marker)
+    summary = _build(city, checkpoint, out)
+    assert summary["resumed"] == 1
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read(first) == marker  # kept, not recomputed
+
+
+def test_staging_of_another_checkpoint_is_refused(city: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub.zip"
+    open_staging(out, {"method": "alignseg", "checkpoint_sha256": "0" * 64, "protocol": "x", "split": "test"})
+    assert main_exit(["submit", "build", "--method", "alignseg", "--checkpoint", str(checkpoint), "--data", str(city),
+                      "--out", str(out), "--params", str(PARAMS), "--device", "cpu", "--workers", "0"]) == 1
+
+
+def test_val_archive_scores_like_evaluate(city: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """The archive's PNGs, scored by the folder evaluator, give the evaluate stage's numbers."""
+    out = tmp_path / "val.zip"
+    _build(city, checkpoint, out, split="val")
+    validate_archive(out, city, "val")
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "preds")
+    folder = evaluate_cityscapes_folders(city, tmp_path / "preds", "val", workers=0).official_dict()
+    direct = stages.evaluate("alignseg", checkpoint, city, "val", out=tmp_path / "eval", params_path=PARAMS,
+                             device="cpu", overlays=0, track=False)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert folder["averageScoreClasses"] == pytest.approx(direct["mIoU"], abs=1e-12)
+    for field in ("classScores", "classInstScores", "categoryScores", "categoryInstScores"):
+        for name, value in folder[field].items():
+            assert value == pytest.approx(metrics[field][name], abs=1e-12, nan_ok=True)
+
+
+# --- malformed archives ---------------------------------------------------------------------------
+
+
+def _test_images(city: Path) -> list[Path]:
+    return sorted((city / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
+
+
+def _good_members(city: Path) -> dict[str, bytes]:
+    return {p.name: png_bytes(np.full((H, W), 7, dtype=np.uint8)) for p in _test_images(city)}
+
+
+def _encode(array: np.ndarray, **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, **save)
+    return buf.getvalue()
+
+
+def _write(path: Path, members: dict[str, bytes], symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+def _mutate(city: Path, case: str) -> dict[str, bytes]:
+    members = _good_members(city)
+    first = sorted(members)[0]
+    if case == "missing":
+        del members[first]
+    elif case == "duplicate":
+        members["extra/" + first] = members[first]
+    elif case == "bad_name":
+        members["prediction_1.png"] = members.pop(first)
+    elif case == "unknown_image":
+        members["berlin_999999_000019_leftImg8bit.png"] = members[first]
+    elif case == "wrong_size":
+        members[first] = png_bytes(np.full((H // 2, W // 2), 7, dtype=np.uint8))
+    elif case == "rgb":
+        members[first] = _encode(np.full((H, W, 3), 7, dtype=np.uint8), format="PNG")
+    elif case == "16bit":
+        members[first] = _encode(np.full((H, W), 7, dtype=np.uint16), format="PNG")
+    elif case == "train_ids":
+        members = {n: png_bytes(np.arange(H * W).reshape(H, W) % 19) for n in members}
+    elif case == "jpeg":
+        members[first] = _encode(np.full((H, W), 7, dtype=np.uint8), format="JPEG")
+    elif case == "traversal":
+        members["../" + first] = members.pop(first)
+    elif case == "absolute":
+        members["/tmp/" + first] = members.pop(first)
+    elif case == "nested":
+        inner = io.BytesIO()
+        with zipfile.ZipFile(inner, "w") as zf:
+            zf.writestr(first, members[first])
+        members["more.zip"] = inner.getvalue()
+    elif case == "disguised_nested":
+        members["notes.png"] = b"PK\x03\x04" + b"\0" * 40
+    elif case == "truncated":
+        members[first] = members[first][:40]
+    elif case == "ignore_255":
+        members[first] = png_bytes(np.full((H, W), 255, dtype=np.uint8))
+    return members
+
+
+CASES = {
+    "missing": "no prediction", "duplicate": "exactly one", "bad_name": "not named", "unknown_image": "no test image",
+    "wrong_size": "size 64x32", "rgb": "mode RGB", "16bit": "mode I", "train_ids": "trainIds?",
+    "jpeg": "not a PNG", "traversal": "path traversal", "absolute": "absolute path", "nested": "nested archive",
+    "disguised_nested": "nested archive", "truncated": "unreadable PNG", "ignore_255": "not evaluated labelIds",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_validate_rejects_malformed(city: Path, tmp_path: Path, case: str) -> None:
+    archive = _write(tmp_path / f"{case}.zip", _mutate(city, case))
+    problems, _ = check_archive(archive, city)
+    assert any(CASES[case] in p for p in problems), problems
+    with pytest.raises(SubmissionError):
+        validate_archive(archive, city)
+
+
+def test_validate_rejects_symlink_size_and_non_zip(city: Path, tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.zip", _good_members(city))
+    assert check_archive(good, city)[0] == []
+    link = _write(tmp_path / "link.zip", _good_members(city), symlink="link.png")
+    assert any("symbolic link" in p for p in check_archive(link, city)[0])
+    assert any("over the 100-byte limit" in p for p in check_archive(good, city, max_bytes=100)[0])
+    not_zip = tmp_path / "x.zip"
+    not_zip.write_bytes(b"hello")
+    assert any("not a zip archive" in p for p in check_archive(not_zip, city)[0])
+    empty = _write(tmp_path / "empty.zip", {})
+    problems = check_archive(empty, city)[0]
+    assert sum("no prediction" in p for p in problems) == 3
+
+
+def test_validate_cli_lists_problems_and_exits_non_zero(city: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    archive = _write(tmp_path / "bad.zip", _mutate(city, "train_ids"))
+    assert main_exit(["submit", "validate", str(archive), "--data", str(city)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("trainIds?") == 3
