@@ -14,9 +14,16 @@ import numpy as np
 import torch
 
 def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
-    """Zero-copy view of a label map as a tensor (moved to ``device`` when given)."""
+    """Zero-copy view of a label map as a tensor (moved to ``device`` when given).
+
+    Unsigned types wider than 8 bits (16-bit PNGs) become int32/int64: torch has few kernels for them.
+    """
+    if isinstance(x, np.ndarray) and x.dtype.kind == "u" and x.itemsize > 1:
+        x = x.astype(np.int32 if x.itemsize == 2 else np.int64)
     if not isinstance(x, torch.Tensor):
         x = torch.from_numpy(x if x.flags.c_contiguous else np.ascontiguousarray(x))
+    elif x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        x = x.to(torch.int32 if x.dtype == torch.uint16 else torch.int64)
     t = x
     return t.to(device) if device is not None and t.device != device else t
 
