@@ -245,16 +245,29 @@ def bench_eval_cmd(
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per figure (the median is reported)."),
     workers: int = typer.Option(2, "--workers", help="Decode processes for the folder evaluation."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where to write the PNGs (default: a temp dir)."),
+    part: str = typer.Option("metrics", "--part", help="metrics, inference (img/s per protocol) or all."),
+    device: str = typer.Option("cpu", "--device", help="Inference: cpu (tiny variants) or cuda (official variants)."),
+    infer_size: Optional[str] = typer.Option(None, "--infer-size", help="Inference image HxW (default: 256x512 on CPU, 1024x2048 on CUDA)."),
+    methods: str = typer.Option("alignseg,acfnet,gald,dgcnet,ann", "--methods", help="Inference: comma-separated methods."),
 ) -> None:
-    """Cityscapes metric speed vs cityscapesscripts (per-image update and PNG folder), values checked equal."""
+    """Cityscapes metric speed vs cityscapesscripts (values checked equal); inference img/s per protocol."""
     import tempfile
 
-    from segrepro.evaluation.bench import bench_eval, markdown
+    from segrepro.evaluation.bench import bench_eval, bench_inference, markdown, markdown_inference
 
-    height, width = (int(v) for v in size.lower().split("x"))
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = bench_eval(work_dir or Path(tmp), images, height, width, repeats, workers)
-    typer.echo(markdown(figures))
+    if part not in ("metrics", "inference", "all"):
+        raise UserError(f"--part {part!r}: choose metrics, inference or all")
+    if part in ("metrics", "all"):
+        height, width = (int(v) for v in size.lower().split("x"))
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = bench_eval(work_dir or Path(tmp), images, height, width, repeats, workers)
+        typer.echo(markdown(figures))
+    if part in ("inference", "all"):
+        cuda = device.startswith("cuda")
+        ih, iw = (int(v) for v in (infer_size or ("1024x2048" if cuda else "256x512")).lower().split("x"))
+        rows = bench_inference([m.strip() for m in methods.split(",") if m.strip()], "r101" if cuda else "tiny",
+                               device, ih, iw, repeats=repeats)
+        typer.echo(markdown_inference(rows))
 
 
 @bench_app.command("models")

@@ -233,3 +233,45 @@ def markdown(figures: dict) -> str:
         f"Values: confusion matrices equal: {f['in_memory_confusion_equal']}; largest absolute difference over all "
         f"class/category IoU, iIoU and averages: {f['max_abs_difference']:.1e} (mIoU {f['mIoU']:.5f}).",
     ])
+
+
+# -- inference half: img/s per protocol -------------------------------------------------------------
+
+
+def bench_inference(methods: Sequence[str], variant: str, device: str, height: int, width: int,
+                    protocols: Sequence[str] = ("official", "ss", "ms-flip"), repeats: int = 2,
+                    tile_batch: int = 4) -> list[dict]:
+    """Images/s of :func:`predict_classes` per method and protocol on one random image (one untimed warm-up).
+
+    CPU: tiny variants at a small size, where tiles larger than the image degrade to whole-image passes;
+    CUDA: the official variants at 1024×2048 (bf16 autocast), synchronised before each clock read.
+    """
+    from segrepro.evaluation.inference import predict_classes, resolve_protocol
+    from segrepro.models import build
+
+    dev = torch.device(device)
+    image = torch.randn(3, height, width, generator=torch.Generator().manual_seed(0)).to(dev)
+    rows = []
+    for method in methods:
+        model = build(method, variant=variant, num_classes=19).eval().to(dev)
+        for name in protocols:
+            proto = resolve_protocol(method, name, "test")
+
+            def once() -> None:
+                predict_classes(model, image, proto, tile_batch)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+
+            once()
+            wall, _ = _median_time(once, repeats)
+            rows.append({"method": method, "variant": variant, "protocol": proto.describe(),
+                         "size": f"{width}x{height}", "device": device, "img_per_s": 1.0 / wall})
+        del model
+    return rows
+
+
+def markdown_inference(rows: list[dict]) -> str:
+    lines = ["| method | variant | protocol | size | device | img/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['variant']} | {r['protocol']} | {r['size']} | {r['device']} | {r['img_per_s']:.2f} |"
+              for r in rows]
+    return "\n".join(lines)
