@@ -3,8 +3,8 @@
 The official script builds a 34×34 labelId confusion matrix and loops over instances with one full-image
 mask each. Here the matrix is one ``bincount`` over ``gt*34+pred`` and the instance terms one ``bincount``
 over (instance id, predicted id among 24..33), both on the inputs' device; only the per-instance rows (a
-few dozen) are touched afterwards. The formulas
-(reference/cityscapes_eval_and_submission.md §1) are applied to the accumulated sums in :meth:`compute`.
+few dozen) are touched afterwards. The formulas (reference/cityscapes_eval_and_submission.md §1) are
+applied to the accumulated sums in :meth:`CityscapesEvaluator.compute`.
 Edge cases kept on purpose: ignored-id predictions are FN, FP counts only non-ignored GT rows, NaN scores
 leave the averages, vehicle iIoU predictions include caravan/trailer, weights are avgClassSize/size.
 Instance ids whose class has no instances or is unknown (which crash the official script) are skipped.
@@ -180,7 +180,10 @@ class CityscapesEvaluator:
         # One bincount over row*11 + code: row = instanceId - (FIRST_INST*1000 - 1) (row 0 collects every
         # pixel outside an instance of an instance class), code = predicted labelId - 23 for 24..33, else 0.
         key = inst.to(torch.int32, copy=True)
-        n_rows = int(key.max()) - ROW_BASE + 1
+        top = int(key.max())
+        if top >= N * 1000:
+            raise ValueError(f"instance id {top} encodes labelId {top // 1000}; labelIds must be 0..{N - 1}")
+        n_rows = top - ROW_BASE + 1
         if n_rows <= 1:
             return  # no instance of an instance class in this image
         code = pred.clamp(min=FIRST_INST - 1).sub_(FIRST_INST - 1).to(torch.int32)
@@ -188,8 +191,7 @@ class CityscapesEvaluator:
         hist = torch.bincount(key, minlength=n_rows * N_CODES).view(n_rows, N_CODES)[1:]
         size = hist.sum(1)
         lab = torch.arange(ROW_BASE + 1, ROW_BASE + n_rows, device=hist.device).div_(1000, rounding_mode="floor")
-        keep = (size > 0) & (lab < N)
-        keep &= self._inst_class[lab.clamp(max=N - 1)]  # instances of ignored classes (caravan...) are skipped
+        keep = (size > 0) & self._inst_class[lab]  # instances of ignored classes (caravan...) are skipped
         hist, size, lab = hist[keep], size[keep], lab[keep]
         tp = hist.gather(1, (lab - (FIRST_INST - 1)).unsqueeze(1)).squeeze(1)
         cat = self._cat_of[lab]
@@ -300,7 +302,7 @@ def _evaluate_pair(pair: tuple[Path, Path, Path]) -> dict[str, np.ndarray]:
     try:
         acc.update(pred, gt, inst)
     except ValueError as err:
-        raise UserError(f"{pred_path}: {err}") from None
+        raise UserError(f"{pred_path} (ground truth {gt_path.name}): {err}") from None
     return {k: v.numpy() for k, v in acc.state.items()}
 
 
