@@ -106,3 +106,18 @@ def test_evaluate_explicit_protocol_and_bad_checkpoint(workspace: Path, capsys: 
     assert _run(["evaluate", "--method", "alignseg", "--checkpoint", str(ckpt), "--data", "cs", "--split", "test",
                  "--no-mlflow", "--device", "cpu"]) == 1
     assert "withheld" in capsys.readouterr().err
+
+
+def test_evaluate_self_supervised_reports_both_protocols(tmp_path: Path) -> None:
+    from segrepro import stages
+
+    synth_dataset("voc", tmp_path / "voc", "1,2", (64, 64), 0)
+    torch.manual_seed(0)
+    torch.save(build("alignseg_ssl", variant="tiny", num_classes=21).state_dict(), tmp_path / "ssl.pt")
+    summary = stages.evaluate("alignseg_ssl", tmp_path / "ssl.pt", tmp_path / "voc", out=tmp_path / "ev",
+                              params_path=PARAMS, device="cpu", track=False)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics) >= {"official_per_image_majority", "dataset_hungarian"}
+    assert metrics["official_per_image_majority"]["mIoU"] == pytest.approx(summary["official_per_image_majority_mIoU"])
+    assert 0.0 <= summary["dataset_hungarian_mIoU"] <= 1.0
+    assert metrics["dataset_hungarian"]["protocol"] == "dataset_hungarian"
