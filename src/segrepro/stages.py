@@ -189,7 +189,7 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_classes: int) -> Any:
+def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_classes: int | None) -> Any:
     """Build ``method`` and load a plain state_dict (or a training checkpoint's ``model``) strictly."""
     import torch
 
@@ -222,6 +222,15 @@ def _eval_setup(method: str, data: Path | None, variant: str | None, recipe: str
     return cfg, dataset_name, _data_root(params, dataset_name, data), variant or cfg.get("variant")
 
 
+def _eval_num_classes(cfg: dict, dataset_name: str) -> int | None:
+    """As training builds it: the recipe's num_classes, else the dataset's (self-supervised: the variant's)."""
+    from segrepro.data import get_spec
+
+    if cfg.get("num_classes"):
+        return int(cfg["num_classes"])
+    return None if cfg.get("objective") == "self_supervised" else get_spec(dataset_name).num_classes
+
+
 def evaluate(
     method: str,
     checkpoint: Path,
@@ -246,7 +255,6 @@ def evaluate(
     track: bool = True,
 ) -> dict[str, Any]:
     """Run a protocol over a split, write metrics.json / per-class CSV / plots, log an MLflow eval run."""
-    from segrepro.data import get_spec
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.report import log_report, write_report
     from segrepro.evaluation.predict import run_evaluation
@@ -255,7 +263,7 @@ def evaluate(
 
     cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
     proto = resolve_protocol(method, protocol, split, scales=scales, flip=flip, crop=crop, stride=stride)
-    model = load_eval_model(method, checkpoint, variant, get_spec(dataset_name).num_classes)
+    model = load_eval_model(method, checkpoint, variant, _eval_num_classes(cfg, dataset_name))
     out = Path(out or Path("runs") / method / "eval")
     report = run_evaluation(method, model, dataset_name, root, split, proto, _device(device), save_pred=save_pred,
                             pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays", workers=workers,
@@ -306,7 +314,7 @@ def submit_build(
     """Predict every image of the Cityscapes split and zip one labelId PNG each (resumable, atomic)."""
     from dataclasses import asdict
 
-    from segrepro.data import get_dataset, get_spec
+    from segrepro.data import get_dataset
     from segrepro.data.cityscapes import stem_of
     from segrepro.data.transforms import build_transforms
     from segrepro.evaluation.inference import resolve_protocol
@@ -318,7 +326,7 @@ def submit_build(
     if dataset_name != "cityscapes":
         raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
     proto = resolve_protocol(method, protocol, split)
-    model = load_eval_model(method, checkpoint, variant, get_spec(dataset_name).num_classes)
+    model = load_eval_model(method, checkpoint, variant, _eval_num_classes(cfg, dataset_name))
     out = Path(out)
     manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
                 "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
