@@ -84,9 +84,11 @@ def test_edge_cases_are_exercised(expected: dict) -> None:
 
 def test_in_memory_updates_equal_official(expected: dict, dataset: tuple[Path, Path]) -> None:
     arrays = decoded(dataset)
+    before = [tuple(a.copy() for a in triple) for triple in arrays]
     one_by_one = CityscapesEvaluator()
     for pred, gt, inst in arrays:
         one_by_one.update(pred, gt, inst)
+    assert all(np.array_equal(a, b) for t, u in zip(arrays, before) for a, b in zip(t, u))  # inputs untouched
     # Two "processes" on disjoint shards, one fed a batch (B, H, W) of tensors, merged by summing state.
     first, second = CityscapesEvaluator(), CityscapesEvaluator()
     first.update(*arrays[0])

@@ -179,15 +179,15 @@ class CityscapesEvaluator:
     def _update_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
         # One bincount over row*11 + code: row = instanceId - (FIRST_INST*1000 - 1) (row 0 collects every
         # pixel outside an instance of an instance class), code = predicted labelId - 23 for 24..33, else 0.
-        key = inst.to(torch.int32, copy=True)
-        top = int(key.max())
+        top = int(inst.max())
         if top >= N * 1000:
             raise ValueError(f"instance id {top} encodes labelId {top // 1000}; labelIds must be 0..{N - 1}")
         n_rows = top - ROW_BASE + 1
         if n_rows <= 1:
             return  # no instance of an instance class in this image
         code = pred.clamp(min=FIRST_INST - 1).sub_(FIRST_INST - 1).to(torch.int32)
-        key = key.clamp_(min=ROW_BASE).sub_(ROW_BASE).mul_(N_CODES).add_(code).reshape(-1)
+        key = inst.clamp(min=ROW_BASE).to(torch.int32)  # a new tensor: the caller's map is never written
+        key = key.sub_(ROW_BASE).mul_(N_CODES).add_(code).reshape(-1)
         hist = torch.bincount(key, minlength=n_rows * N_CODES).view(n_rows, N_CODES)[1:]
         size = hist.sum(1)
         lab = torch.arange(ROW_BASE + 1, ROW_BASE + n_rows, device=hist.device).div_(1000, rounding_mode="floor")
