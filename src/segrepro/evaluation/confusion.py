@@ -13,19 +13,19 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+
 def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     """Zero-copy view of a label map as a tensor (moved to ``device`` when given).
 
     Unsigned types wider than 8 bits (16-bit PNGs) become int32/int64: torch has few kernels for them.
     """
-    if isinstance(x, np.ndarray) and x.dtype.kind == "u" and x.itemsize > 1:
-        x = x.astype(np.int32 if x.itemsize == 2 else np.int64)
-    if not isinstance(x, torch.Tensor):
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "u" and x.itemsize > 1:
+            x = x.astype(np.int32 if x.itemsize == 2 else np.int64)
         x = torch.from_numpy(x if x.flags.c_contiguous else np.ascontiguousarray(x))
     elif x.dtype in (torch.uint16, torch.uint32, torch.uint64):
         x = x.to(torch.int32 if x.dtype == torch.uint16 else torch.int64)
-    t = x
-    return t.to(device) if device is not None and t.device != device else t
+    return x.to(device) if device is not None and x.device != device else x
 
 
 LANES = 4  # sub-histograms: neighbouring pixels count into different bins, so long runs of one label
@@ -42,7 +42,7 @@ def _lane_ids(numel: int, device: torch.device, dtype: torch.dtype) -> torch.Ten
     return (torch.arange(numel, device=device) % LANES).to(dtype)
 
 
-def lane_bincount(key: torch.Tensor, n_bins: int) -> torch.Tensor:
+def _lane_bincount(key: torch.Tensor, n_bins: int) -> torch.Tensor:
     """``torch.bincount(key, minlength=n_bins)`` for a flat key in ``[0, n_bins)``, via :data:`LANES` sub-histograms."""
     dtype = _key_dtype(n_bins * LANES)
     lanes = torch.add(_lane_ids(key.numel(), key.device, dtype), key.to(dtype), alpha=LANES)
@@ -58,7 +58,7 @@ def bincount_confusion(gt: torch.Tensor, pred: torch.Tensor, num_gt: int, num_pr
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
     dtype = _key_dtype(num_gt * num_pred * LANES)
     key = gt.to(dtype, copy=True).mul_(num_pred).add_(pred.to(dtype)).reshape(-1)
-    return lane_bincount(key, num_gt * num_pred).view(num_gt, num_pred)
+    return _lane_bincount(key, num_gt * num_pred).view(num_gt, num_pred)
 
 
 def iou_from_confusion(tp: torch.Tensor | np.ndarray, fp: torch.Tensor | np.ndarray,
