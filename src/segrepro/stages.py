@@ -85,6 +85,7 @@ def train(
     dist = init_distributed(str(cfg.get("device", "auto")))
     spec = get_spec(dataset_name)
     num_classes = cfg.get("num_classes") or (None if self_supervised else spec.num_classes)
+    torch.manual_seed(int(cfg.get("seed", 0)))  # the same initial weights on every rank and every run
     model = build(method, variant=cfg.get("variant"), num_classes=num_classes, pretrained=cfg.get("pretrained"))
     train_set = get_dataset(dataset_name, root, str(cfg.get("train_split", "train")), **reader_kwargs)
     cfg["iterations"] = iterations_for(cfg, len(train_set))
