@@ -113,7 +113,7 @@ def test_evaluate_self_supervised_reports_both_protocols(tmp_path: Path) -> None
 
     synth_dataset("voc", tmp_path / "voc", "1,2", (64, 64), 0)
     torch.manual_seed(0)
-    torch.save(build("alignseg_ssl", variant="tiny", num_classes=21).state_dict(), tmp_path / "ssl.pt")
+    torch.save(build("alignseg_ssl", variant="tiny").state_dict(), tmp_path / "ssl.pt")  # as training builds it
     summary = stages.evaluate("alignseg_ssl", tmp_path / "ssl.pt", tmp_path / "voc", out=tmp_path / "ev",
                               params_path=PARAMS, device="cpu", track=False)
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

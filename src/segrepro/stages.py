@@ -210,7 +210,7 @@ def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_clas
     try:
         model.load_state_dict(state)
     except (RuntimeError, AttributeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0][:300]
+        first = " ".join(str(err).split())[:300]
         raise UserError(f"{checkpoint}: does not fit {method}/{variant or 'default'} ({first}); check --method "
                         "and --variant") from None
     return model.eval()
