@@ -32,6 +32,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return int(ex.value.code or 0), out.out, out.err
 
 
+def cli_import(
+    capsys: pytest.CaptureFixture[str], method: str, src: Path, dst: Path, *extra: str
+) -> tuple[int, str, str]:
+    return run_cli(["checkpoint", "import", "--method", method, *extra, str(src), str(dst)], capsys)
+
+
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert list(a) == list(b)
     for k in a:
@@ -47,21 +53,24 @@ def alignseg_tiny_sd() -> dict[str, torch.Tensor]:
     ("prefix", "container"),
     [("module.", "state_dict"), ("", "model"), ("module.", None), ("", None)],
 )
-def test_round_trip_through_official_wrappers(tmp_path: Path, alignseg_tiny_sd, prefix: str, container: str | None) -> None:
+def test_round_trip_through_official_wrappers(
+    tmp_path: Path, alignseg_tiny_sd: dict[str, torch.Tensor], prefix: str, container: str | None
+) -> None:
     write_state_dict(export_state_dict(alignseg_tiny_sd, prefix, container), tmp_path / "official.pth")
     res = import_checkpoint("alignseg", tmp_path / "official.pth", tmp_path / "ours.pth", variant="tiny")
     assert (res.method, res.variant, res.num_tensors) == ("alignseg", "tiny", len(alignseg_tiny_sd))
     assert_same(torch.load(tmp_path / "ours.pth", weights_only=True), alignseg_tiny_sd)
 
 
-def test_cli_import_then_export_is_lossless(tmp_path: Path, alignseg_tiny_sd, capsys) -> None:
-    torch.save({"state_dict": {f"module.{k}": v for k, v in alignseg_tiny_sd.items()}, "epoch": 3}, tmp_path / "a.pth")
-    code, out, _ = run_cli(["checkpoint", "import", "--method", "alignseg", "--variant", "tiny", str(tmp_path / "a.pth"), str(tmp_path / "b.pth")], capsys)
+def test_cli_import_then_export_is_lossless(tmp_path: Path, alignseg_tiny_sd: dict, capsys) -> None:
+    wrapped = {f"module.{k}": v for k, v in alignseg_tiny_sd.items()}
+    torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "a.pth")
+    code, out, _ = cli_import(capsys, "alignseg", tmp_path / "a.pth", tmp_path / "b.pth", "--variant", "tiny")
     assert code == 0 and "verified" in out
     code, _, _ = run_cli(["checkpoint", "export", str(tmp_path / "b.pth"), str(tmp_path / "c.pth")], capsys)
     assert code == 0
     exported = torch.load(tmp_path / "c.pth", weights_only=True)
-    assert_same(exported["state_dict"], {f"module.{k}": v for k, v in alignseg_tiny_sd.items()})
+    assert_same(exported["state_dict"], wrapped)
 
 
 def test_torchcv_net_prefix_and_shared_query_key(tmp_path: Path) -> None:
@@ -79,21 +88,21 @@ def test_torchcv_net_prefix_and_shared_query_key(tmp_path: Path) -> None:
     assert not (tmp_path / "never.pth").exists()
 
 
-def test_num_batches_tracked_is_optional(tmp_path: Path, alignseg_tiny_sd) -> None:
+def test_num_batches_tracked_is_optional(tmp_path: Path, alignseg_tiny_sd: dict) -> None:
     v10 = {k: v for k, v in alignseg_tiny_sd.items() if not k.endswith("num_batches_tracked")}  # inplace_abn v1.0
     write_state_dict(v10, tmp_path / "v10.pth")
     import_checkpoint("alignseg", tmp_path / "v10.pth", tmp_path / "ours.pth", variant="tiny")
     assert set(torch.load(tmp_path / "ours.pth", weights_only=True)) == set(alignseg_tiny_sd)
 
 
-def test_broken_checkpoint_one_error_with_shapes_and_no_dst(tmp_path: Path, alignseg_tiny_sd, capsys) -> None:
+def test_broken_checkpoint_one_error_with_shapes_and_no_dst(tmp_path: Path, alignseg_tiny_sd: dict, capsys) -> None:
     broken = dict(alignseg_tiny_sd)
     del broken["conv1.weight"]
     broken["extra.weight"] = torch.zeros(2, 3)
     broken["bn1.running_var"] = torch.ones(7)
     write_state_dict({f"module.{k}": v for k, v in broken.items()}, tmp_path / "broken.pth")
     dst = tmp_path / "out" / "never.pth"
-    code, out, err = run_cli(["checkpoint", "import", "--method", "alignseg", "--variant", "tiny", str(tmp_path / "broken.pth"), str(dst)], capsys)
+    code, out, err = cli_import(capsys, "alignseg", tmp_path / "broken.pth", dst, "--variant", "tiny")
     assert code != 0 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert "1 missing: conv1.weight [8, 3, 3, 3]" in err
@@ -103,9 +112,9 @@ def test_broken_checkpoint_one_error_with_shapes_and_no_dst(tmp_path: Path, alig
 
 
 def test_unknown_method_and_missing_file(tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["checkpoint", "import", "--method", "pspnet", "x.pth", str(tmp_path / "y.pth")], capsys)
+    code, _, err = cli_import(capsys, "pspnet", tmp_path / "x.pth", tmp_path / "y.pth")
     assert code != 0 and "choose one of: alignseg" in err
-    code, _, err = run_cli(["checkpoint", "import", "--method", "gald", "--variant", "tiny", str(tmp_path / "none.pth"), str(tmp_path / "y.pth")], capsys)
+    code, _, err = cli_import(capsys, "gald", tmp_path / "none.pth", tmp_path / "y.pth", "--variant", "tiny")
     assert code != 0 and "checkpoint not found" in err
 
 
@@ -113,10 +122,11 @@ def test_imagenet_backbone_file_becomes_a_pretrained_file(tmp_path: Path, capsys
     model = build("ann", variant="tiny")
     mit = {k.removeprefix("prefix."): v.clone() for k, v in randomised(model.backbone).items()}
     mit["fc.weight"], mit["fc.bias"] = torch.zeros(10, 256), torch.zeros(10)
-    torch.save(mit, tmp_path / "resnet-imagenet.pth")  # MIT layout: conv1..3/bn1..3 at top level
-    code, _, err = run_cli(["checkpoint", "import", "--method", "ann", "--variant", "tiny", str(tmp_path / "resnet-imagenet.pth"), str(tmp_path / "full.pth")], capsys)
+    src = tmp_path / "resnet-imagenet.pth"
+    torch.save(mit, src)  # MIT layout: conv1..3/bn1..3 at top level
+    code, _, err = cli_import(capsys, "ann", src, tmp_path / "full.pth", "--variant", "tiny")
     assert code != 0 and "pass --backbone" in err
-    code, out, _ = run_cli(["checkpoint", "import", "--method", "ann", "--variant", "tiny", "--backbone", "mit", str(tmp_path / "resnet-imagenet.pth"), str(tmp_path / "bb.pth")], capsys)
+    code, out, _ = cli_import(capsys, "ann", src, tmp_path / "bb.pth", "--variant", "tiny", "--backbone", "mit")
     assert code == 0 and "backbone tensors" in out
     converted = torch.load(tmp_path / "bb.pth", weights_only=True)
     assert torch.equal(converted["backbone.prefix.conv2.weight"], mit["conv2.weight"])
@@ -133,7 +143,8 @@ def test_unwrap_peels_nested_wrappers_only_when_shared() -> None:
 def test_official_manifest_checkpoint_imports(tmp_path: Path, fixtures_dir: Path) -> None:
     """A checkpoint with exactly the official DGCNet-R50 names/shapes (DataParallel-wrapped) imports strictly."""
     entries = manifest_entries(fixtures_dir / "dgcnet" / "manifest_r50.json")
-    sd = {f"module.{e['name']}": torch.zeros(e["shape"], dtype=torch.int64 if e["dtype"] == "int64" else torch.float32) for e in entries}
+    dtypes = {"int64": torch.int64, "float32": torch.float32}
+    sd = {f"module.{e['name']}": torch.zeros(e["shape"], dtype=dtypes[e["dtype"]]) for e in entries}
     torch.save({"state_dict": sd}, tmp_path / "dgcnet_r50.pth")
     res = import_checkpoint("dgcnet", tmp_path / "dgcnet_r50.pth", tmp_path / "ours.pth", variant="r50")
     assert res.num_tensors == len(entries)

@@ -24,7 +24,8 @@ def _check_map(t: Tensor, n: int, classes: int, stride: int, size: tuple[int, in
     assert t.dim() == 4 and t.shape[:2] == (n, classes), f"{what}: shape {tuple(t.shape)}"
     for got, full in zip(t.shape[-2:], size):
         # conv/pool chains round up (ceil-mode max-pool adds at most one row), never down
-        assert math.floor(full / stride) <= got <= math.ceil(full / stride) + 1, f"{what}: {got} px at stride {stride} of {full}"
+        ok = math.floor(full / stride) <= got <= math.ceil(full / stride) + 1
+        assert ok, f"{what}: {got} px at stride {stride} of {full}"
     assert torch.isfinite(t).all(), f"{what}: NaN/inf"
 
 

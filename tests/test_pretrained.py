@@ -52,7 +52,10 @@ class Wrapped(nn.Module):
 def test_any_deep_stem_file_fills_any_layout(tmp_path: Path, file_stem: str, model_stem: str) -> None:
     src = randomised(tiny_resnet(stem=file_stem))
     source = "mit" if file_stem == "split" else "gald-deep"
-    path = save_file(tmp_path, src, "file.pth", wrap=lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}})
+    def data_parallel(sd: dict) -> dict:
+        return {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+
+    path = save_file(tmp_path, src, "file.pth", wrap=data_parallel)
     model = load_backbone(tiny_resnet(stem=model_stem), path, source).eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
@@ -128,7 +131,8 @@ def test_seven_by_seven_stem_is_refused(tmp_path: Path) -> None:
 def test_wrong_shapes_are_listed_with_shapes(tmp_path: Path) -> None:
     other = ResNet((1, 2, 1, 1), widths=(8, 16, 32, 32), stem_widths=(8, 8, 16))
     path = save_file(tmp_path, other, "w.pth")
-    with pytest.raises(UserError, match=r"wrong shape: layer4\.0\.conv1\.weight file \[32, 128, 1, 1\] vs model \[64, 128, 1, 1\]"):
+    expected = r"wrong shape: layer4\.0\.conv1\.weight file \[32, 128, 1, 1\] vs model \[64, 128, 1, 1\]"
+    with pytest.raises(UserError, match=expected):
         load_backbone(tiny_resnet(), path, "mit")
 
 
@@ -142,7 +146,7 @@ def test_dino_bare_keys_go_under_backbone(tmp_path: Path) -> None:
             self.decoder = nn.Linear(4, 4)
 
     src = Vitish()
-    sd = {k.removeprefix("backbone."): torch.rand_like(v) for k, v in src.state_dict().items() if k.startswith("backbone.")}
+    sd = {k.removeprefix("backbone."): torch.rand_like(v) for k, v in src.backbone.state_dict().items()}
     torch.save({"model": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "dino.pth")
     model = load_backbone(Vitish(), tmp_path / "dino.pth", "dino")
     assert torch.equal(model.backbone.norm.weight, sd["norm.weight"])

@@ -142,7 +142,10 @@ def select(methods: list[str] | None, variants: list[str] | None) -> list[tuple[
         pairs += [(m, v) for v in (variants or names) if v in names]
     unknown = set(variants or ()) - {v for _, v in pairs}
     if unknown:
-        raise UserError(f"unknown variant(s) {', '.join(sorted(unknown))} for {', '.join(chosen)}; choose among: {', '.join(sorted(known))}")
+        raise UserError(
+            f"unknown variant(s) {', '.join(sorted(unknown))} for {', '.join(chosen)}; "
+            f"choose among: {', '.join(sorted(known))}"
+        )
     return pairs
 
 
@@ -176,7 +179,8 @@ def bench_models(
             row.cpu_input = "x".join(map(str, size))
         if device == "cuda":
             size = _size(method, CUDA_SIZE)
-            row.cuda_fp32_img_s, row.cuda_bf16_img_s, row.cuda_peak_gb = cuda_throughput(method, variant, size, max(repeats, 10))
+            fp32, bf16, peak = cuda_throughput(method, variant, size, max(repeats, 10))
+            row.cuda_fp32_img_s, row.cuda_bf16_img_s, row.cuda_peak_gb = fp32, bf16, peak
             row.cuda_input = "x".join(map(str, size))
         rows.append(row)
     return rows
@@ -190,7 +194,8 @@ def machine() -> str:
         names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {multiprocessing.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
+    cores = multiprocessing.cpu_count()
+    return f"{cpu}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
 
 
 COLUMNS = (

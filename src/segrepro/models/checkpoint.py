@@ -123,7 +123,10 @@ def write_state_dict(sd: StateDict | dict, dst: str | os.PathLike[str]) -> None:
 
 
 def export_checkpoint(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], prefix: str = "module.", container: str | None = "state_dict"
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    prefix: str = "module.",
+    container: str | None = "state_dict",
 ) -> int:
     """Write our plain state_dict ``src`` as an official-style file; returns the number of tensors."""
     sd = unwrap(read_state_dict(src))

@@ -56,7 +56,8 @@ class InPlaceABN(nn.Module):
         scale = self.weight.abs() + self.eps
         if self.training:
             self.num_batches_tracked.add_(1)
-        if self.training and self.sync and x.is_cuda and torch.distributed.is_available() and torch.distributed.is_initialized():
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.training and self.sync and x.is_cuda and distributed:
             from torch.nn.modules._functions import SyncBatchNorm as _SyncBN
 
             world = torch.distributed.get_world_size()

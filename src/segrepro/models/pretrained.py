@@ -31,7 +31,9 @@ StateDict = dict[str, Tensor]
 # Top-level child names a ResNet creates; anything else on a ResNet subclass belongs to the head.
 RESNET_CHILDREN = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "prefix", "layer1", "layer2", "layer3", "layer4")
 # split (canonical) stem name <-> sequential (GALD) stem name; the ANN layout only adds "prefix.".
-_SPLIT_TO_SEQ = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1"}
+_SPLIT_TO_SEQ = {
+    "conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1",
+}
 _STEM_RE = re.compile(r"^(conv[123]|bn[123])\.")
 _SEQ_STEM_RE = re.compile(r"^(conv1\.[01346]|bn1)\.(.+)$")
 _DROP_RE = re.compile(r"^(fc|head|classifier)\.")
@@ -50,7 +52,8 @@ class Source:
 SOURCES: dict[str, Source] = {
     "mit": Source(
         "resnet{depth}-imagenet.pth",
-        "MIT/CSAIL deep-stem ImageNet ResNet-{depth} (AlignSeg, ACFNet's run_local.sh; ANN calls it 3x3resnet{depth}-imagenet.pth)",
+        "MIT/CSAIL deep-stem ImageNet ResNet-{depth} (AlignSeg, ACFNet's run_local.sh; "
+        "ANN calls it 3x3resnet{depth}-imagenet.pth)",
         "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet{depth}-imagenet.pth",
     ),
     "gald-deep": Source(
@@ -249,7 +252,9 @@ def check_keys(sd: StateDict, target: StateDict, what: str, optional_nbt: bool =
     skip = (lambda k: k.endswith("num_batches_tracked")) if optional_nbt else (lambda k: False)
     missing = {k: shape(v) for k, v in target.items() if k not in sd and not skip(k)}
     unexpected = {k: shape(v) for k, v in sd.items() if k not in target}
-    mismatched = {k: (shape(v), shape(target[k])) for k, v in sd.items() if k in target and shape(v) != shape(target[k])}
+    mismatched = {
+        k: (shape(v), shape(target[k])) for k, v in sd.items() if k in target and shape(v) != shape(target[k])
+    }
     if missing or unexpected or mismatched:
         raise UserError(f"{what}: {format_key_problems(missing, unexpected, mismatched)}")
 
