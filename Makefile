@@ -25,3 +25,20 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# --- reproducible pipeline (dvc.yaml) and tracking UI ---------------------------------------------
+# DVC_REMOTE: an S3 remote configured from the environment (see README "Reproducible pipeline").
+DVC_REMOTE ?= s3remote
+
+.PHONY: repro push pull ui
+repro: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+push: $(STAMP)
+	$(VENV)/bin/dvc push -r $(DVC_REMOTE)
+
+pull: $(STAMP)
+	$(VENV)/bin/dvc pull -r $(DVC_REMOTE)
+
+ui: $(STAMP)
+	$(VENV)/bin/segrepro ui
