@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEMO   ?= runs/demo
+S3_DIR ?= runs/s3
+S3_PORT ?= 7480
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean s3-up s3-down
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A local S3 server (Ceph radosgw, RAM only, 127.0.0.1) with the project's bucket; keys in $(S3_DIR)/s3.env.
+s3-up: $(STAMP)
+	scripts/s3-server-up.sh $(S3_DIR) $(S3_PORT)
+	. $(S3_DIR)/s3.env && $(PY) -c 'from segrepro.tracking.storage import S3Settings, ensure_bucket as e; s = S3Settings.from_env(); e(s); print("bucket ready:", s.url())'
+	@echo "run: source $(S3_DIR)/s3.env"
+
+s3-down:
+	scripts/s3-server-down.sh $(S3_DIR)
 
 clean:
 	rm -rf $(VENV) runs
