@@ -85,7 +85,7 @@ def _dvc(repo: Path, *args: str) -> None:
         raise UserError(f"`dvc {' '.join(args[:3])}` failed in {repo}: {last[0]}")
 
 
-def configure_dvc_remote(repo: Path, settings: S3Settings, name: str = "s3", default: bool = True) -> str:
+def configure_dvc_remote(repo: Path, settings: S3Settings, name: str = "s3remote", default: bool = True) -> str:
     """Point DVC remote ``name`` at the bucket; returns its URL.
 
     The URL goes to ``.dvc/config`` (shared by the team); the endpoint, which differs per machine,
