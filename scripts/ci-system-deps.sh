@@ -8,7 +8,7 @@ CEPH_PKGS=(ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
 # binary -> package that provides it
 declare -A NEED=([ceph-mon]=ceph-mon [ceph-osd]=ceph-osd [ceph-mgr]=ceph-mgr [radosgw]=radosgw
                  [radosgw-admin]=radosgw [ceph]=ceph-common [monmaptool]=ceph-common
-                 [ceph-authtool]=ceph-common [chromium]=chromium)
+                 [ceph-authtool]=ceph-common [curl]=curl [chromium]=chromium)
 
 missing=()
 for bin in "${!NEED[@]}"; do
@@ -23,18 +23,21 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-ceph=(); browser=()
+lean=(); browser=()
 for p in "${missing[@]}"; do
-    if [ "$p" = chromium ]; then browser+=("$p"); else ceph+=("$p"); fi
+    case " ${CEPH_PKGS[*]} " in
+        *" $p "*) lean+=("${CEPH_PKGS[@]}") ;;   # the Ceph set only works whole
+        *) if [ "$p" = chromium ]; then browser+=("$p"); else lean+=("$p"); fi ;;
+    esac
 done
-[ ${#ceph[@]} -gt 0 ] && ceph=("${CEPH_PKGS[@]}")   # the set only works whole
-echo "ci-system-deps: installing ${ceph[*]} ${browser[*]}"
+mapfile -t lean < <(printf '%s\n' "${lean[@]}" | sort -u | sed '/^$/d')
+echo "ci-system-deps: installing ${lean[*]} ${browser[*]}"
 if ! apt-get update -qq; then
     echo "ci-system-deps: apt-get update failed; S3/browser tests will skip" >&2
     exit 0
 fi
 status=0
-[ ${#ceph[@]} -gt 0 ] && { apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null || status=1; }
+[ ${#lean[@]} -gt 0 ] && { apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null || status=1; }
 [ ${#browser[@]} -gt 0 ] && { apt-get install -y -qq "${browser[@]}" >/dev/null || status=1; }
 [ $status -eq 0 ] || echo "ci-system-deps: apt-get install failed; S3/browser tests will skip" >&2
 exit 0

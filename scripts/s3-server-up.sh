@@ -7,11 +7,11 @@
 # Needs: apt-get install --no-install-recommends ceph-mon ceph-osd ceph-mgr radosgw ceph-common
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 DIR [RGW_PORT] [MON_PORT]" >&2; exit 2; }
-D=$(realpath -m "$1"); RGW_PORT=${2:-7480}; MON_PORT=${3:-6789}
-HERE=$(cd "$(dirname "$0")" && pwd)
-for bin in ceph-mon ceph-osd ceph-mgr radosgw radosgw-admin ceph monmaptool ceph-authtool; do
+for bin in ceph-mon ceph-osd ceph-mgr radosgw radosgw-admin ceph monmaptool ceph-authtool curl; do
     command -v "$bin" >/dev/null || { echo "error: $bin not found; run scripts/ci-system-deps.sh (as root)" >&2; exit 3; }
 done
+D=$(realpath -m "$1"); RGW_PORT=${2:-7480}; MON_PORT=${3:-6789}
+HERE=$(cd "$(dirname "$0")" && pwd)
 for f in "$D"/run/*.pidx; do
     [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && { echo "error: a server is already running in $D; stop it with scripts/s3-server-down.sh $D" >&2; exit 2; }
 done
