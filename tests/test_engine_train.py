@@ -137,3 +137,35 @@ def test_unreachable_tracking_server_fails_fast(cityscapes: Path, tmp_path: Path
     assert res.returncode != 0
     assert "unreachable" in res.stderr and "secret" not in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -> None:
+    """torchrun gloo ×2 with the same global batch gives the 1-process loss curve and ONE MLflow run."""
+    import mlflow
+
+    from tests.servers import mlflow_server
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    with mlflow_server(tmp_path / "mlflow") as url:
+        env = _env(tmp_path, tracking=url)
+        subprocess.run(_train_cmd("gald", cityscapes, single), check=True, env=env, cwd=tmp_path, capture_output=True)
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "segrepro.cli"]
+        cmd = torchrun + _train_cmd("gald", cityscapes, double)[len(SEGREPRO):]
+        res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert _losses(double) == pytest.approx(_losses(single), rel=1e-4, abs=1e-5)
+        client = mlflow.MlflowClient(url)
+        exp = client.get_experiment_by_name("segrepro")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 2  # one per training, never one per rank
+        run = next(r for r in runs if r.data.tags.get("world_size") == "2")
+        tags = run.data.tags
+        for key in ("method", "recipe", "dataset", "git_sha", "git_dirty", "torch_version", "cuda_version", "world_size"):
+            assert key in tags, key
+        assert tags["method"] == "gald" and tags["stage"] == "train"
+        assert run.data.params["optimizer.lr"] == "0.05" and run.data.params["iterations"] == "6"
+        assert {"loss", "lr", "img_per_s", "val_mIoU"} <= set(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+        assert artifacts == ["checkpoints/final.pt"]
