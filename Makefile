@@ -4,7 +4,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-DEMO   ?= runs/demo
 S3_DIR ?= runs/s3
 S3_PORT ?= 7480
 
@@ -18,9 +17,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP)
 
+# The main job on the embedded default: synthetic data → train → evaluate → submission → leaderboard,
+# every method, on CPU, through `dvc repro` (see dvc.yaml / params.yaml).
 demo: $(STAMP)
-	$(VENV)/bin/segrepro data synth cityscapes --out $(DEMO)/cityscapes
-	$(VENV)/bin/segrepro data prepare cityscapes --root $(DEMO)/cityscapes
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	@echo; echo "== val mIoU per method (training's quick single-scale check) =="
+	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"{s[\"method\"]:14s} val mIoU {s[\"val_mIoU\"]:.3f}")' $$f; done
+	@echo; echo "Leaderboard: leaderboard/leaderboard.md (also .html, .csv); MLflow UI: make ui"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
