@@ -70,7 +70,7 @@ def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def leaderboard(results: List[Input[Metrics]], board: Output[Markdown], page: Output[HTML], scores: Output[Metrics]):
+def leaderboard(results: Input[List[Metrics]], board: Output[Markdown], page: Output[HTML], scores: Output[Metrics]):
     """Link the evaluated runs into one folder, build the leaderboard, hand out its files."""
     import shutil
     import tempfile

@@ -41,8 +41,21 @@ def _k8s(task: Any, cluster: ClusterConfig, image: Any, gpu: bool) -> Any:
     return task
 
 
-def build_graph(stages: StageComponents, cluster: ClusterConfig, methods: list[str]) -> Callable:
-    """The pipeline function over ``stages`` (container or local components, same signatures)."""
+def build_graph(stages: StageComponents, cluster: ClusterConfig, methods: list[str], multi_node: bool = True) -> Callable:
+    """The pipeline function over ``stages`` (container or local components, same signatures).
+
+    ``multi_node`` adds the ``num_nodes > 1`` branch (a Kubeflow Trainer TrainJob) joined with
+    ``dsl.OneOf``; the local build leaves it out because kfp.local resolves OneOf only for
+    parameters, not artifacts, and a TrainJob needs a cluster anyway.
+    """
+
+    def train_step(method: Any, recipe: Any, gpus: Any, num_nodes: Any, image: Any, dataset: Any) -> Any:
+        train = stages.train(method=method, recipe=recipe, gpus=gpus, dataset=dataset)
+        _k8s(train, cluster, image, gpu=True)
+        train.set_accelerator_type(cluster.accelerator).set_accelerator_limit(gpus)
+        train.set_cpu_request(cluster.train_cpu).set_memory_request(cluster.train_memory)
+        train.set_retry(cluster.train_retries).set_caching_options(False)
+        return train.outputs["model"]
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and submit each method; one leaderboard.")
     def cityscapes_benchmark(
@@ -57,17 +70,16 @@ def build_graph(stages: StageComponents, cluster: ClusterConfig, methods: list[s
         prepare.set_caching_options(True)
         dataset = prepare.outputs["dataset"]
         with dsl.ParallelFor(methods, name="per-method") as method:
-            with dsl.If(num_nodes == 1, name="single-node"):
-                train = stages.train(method=method, recipe=recipe, gpus=gpus, dataset=dataset)
-                _k8s(train, cluster, image, gpu=True)
-                train.set_accelerator_type(cluster.accelerator).set_accelerator_limit(gpus)
-                train.set_cpu_request(cluster.train_cpu).set_memory_request(cluster.train_memory)
-                train.set_retry(cluster.train_retries).set_caching_options(False)
-            with dsl.Else(name="multi-node"):
-                launch = launch_trainjob(method=method, recipe=recipe, gpus=gpus, num_nodes=num_nodes,
-                                         image=image, config_json=cluster.to_json(), dataset=dataset)
-                _k8s(launch, cluster, image, gpu=False).set_caching_options(False)
-            model = dsl.OneOf(train.outputs["model"], launch.outputs["model"])
+            if not multi_node:
+                model = train_step(method, recipe, gpus, num_nodes, image, dataset)
+            else:
+                with dsl.If(num_nodes == 1, name="single-node"):
+                    single = train_step(method, recipe, gpus, num_nodes, image, dataset)
+                with dsl.Else(name="multi-node"):
+                    launch = launch_trainjob(method=method, recipe=recipe, gpus=gpus, num_nodes=num_nodes,
+                                             image=image, config_json=cluster.to_json(), dataset=dataset)
+                    _k8s(launch, cluster, image, gpu=False).set_caching_options(False)
+                model = dsl.OneOf(single, launch.outputs["model"])
             evaluate = stages.evaluate(method=method, dataset=dataset, model=model)
             submit = stages.submit(method=method, dataset=dataset, model=model)
             for task in (evaluate, submit):
@@ -91,7 +103,7 @@ def local_pipeline(methods: list[str]) -> Callable:
     """The local build: Python components calling ``segrepro.stages`` (for SubprocessRunner)."""
     from components.local import LOCAL
 
-    return build_graph(LOCAL, ClusterConfig(), methods)
+    return build_graph(LOCAL, ClusterConfig(), methods, multi_node=False)
 
 
 def compile_pipeline(out: Path, cluster: ClusterConfig | None = None, params_path: Path = Path("params.yaml")) -> Path:

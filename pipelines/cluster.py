@@ -20,6 +20,7 @@ class ClusterConfig:
     pvc_name: str = "segrepro-data"
     mount_path: str = "/mnt/segrepro"
     accelerator: str = "nvidia.com/gpu"
+    trainjob_runtime: str = "torch-distributed"  # ClusterTrainingRuntime of multi-node TrainJobs
     train_cpu: str = "16"
     train_memory: str = "64G"
     eval_cpu: str = "8"

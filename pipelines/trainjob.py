@@ -52,7 +52,7 @@ def trainjob_spec(
         "kind": "TrainJob",
         "metadata": {"name": name, "namespace": namespace, "labels": {"segrepro/method": method}},
         "spec": {
-            "runtimeRef": {"name": config.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
+            "runtimeRef": {"name": config.trainjob_runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
             "trainer": {
                 "image": image,
                 "command": train_command(method, recipe, gpus_per_node, data, out),

@@ -1,0 +1,151 @@
+"""The compiled cityscapes_benchmark IR: resources and Kubernetes settings per task, component
+command lines that the real CLI accepts, and the Kubeflow Trainer TrainJob spec."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.cli_args import segrepro_args, validate_argv
+from pipelines.cityscapes_benchmark import compile_pipeline, default_methods
+from pipelines.cluster import ClusterConfig
+from pipelines.trainjob import trainjob_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = ClusterConfig(
+    pvc_name="bench-pvc", mount_path="/mnt/bench", train_cpu="12", train_memory="48G", eval_cpu="6",
+    eval_memory="24G", train_retries=3, node_selector={"gpu.type": "a100"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    mlflow_secret="mlflow-creds", s3_secret="s3-creds",
+)
+GPU_TASKS = ("exec-train", "exec-evaluate", "exec-submit")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    out = compile_pipeline(tmp_path_factory.mktemp("kfp") / "pipeline.yaml", CLUSTER, REPO / "params.yaml")
+    spec, platform = yaml.safe_load_all(out.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _render(token: str) -> str:
+    """Stand-in values for kfp placeholders, so a command line can be parsed like at run time."""
+    return re.sub(r"\{\{\$\.[^}]*\}\}", "x", token)
+
+
+def _segrepro_argvs(container: dict) -> list[list[str]]:
+    """Every ``segrepro ...`` invocation a container runs (direct, under torchrun, or in sh -ec)."""
+    argv = [_render(t) for t in container["command"] + container.get("args", [])]
+    if argv[:2] == ["sh", "-ec"]:
+        words = shlex.split(argv[2])
+        lines, current = [], []
+        for word in words + ["&&"]:
+            if word == "&&":
+                lines.append([w for w in current if w != "exec"])
+                current = []
+            else:
+                current.append(word)
+        return [line for line in lines if line and line[0] == "segrepro"]
+    return [argv[argv.index("segrepro"):]] if "segrepro" in argv else []
+
+
+def test_pipeline_parameters(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"methods", "recipe", "gpus", "num_nodes", "image", "data_root"}
+    assert params["methods"]["defaultValue"] == default_methods(REPO / "params.yaml")
+    assert "alignseg_ssl" not in params["methods"]["defaultValue"]  # not a Cityscapes recipe
+    assert params["data_root"]["defaultValue"] == "/mnt/bench/data/cityscapes"
+    assert not any("mlflow" in name.lower() for name in params)  # the URI comes from a secret only
+
+
+def test_resources_and_kubernetes_settings(compiled: tuple[dict, dict]) -> None:
+    spec, k8s = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+    assert train["resources"]["resourceCpuRequest"] == "12"
+    assert train["resources"]["resourceMemoryRequest"] == "48G"
+    assert train["command"][:4] == ["torchrun", "--standalone", "--nproc_per_node", "{{$.inputs.parameters['gpus']}}"]
+    for name in ("exec-evaluate", "exec-submit"):
+        res = executors[name]["container"]["resources"]
+        assert res["accelerator"]["resourceCount"] == "1"
+        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("6", "24G")
+    for name, executor in executors.items():
+        assert executor["container"]["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}", name
+        settings = k8s[name]
+        assert [(m["mountPath"], m["constant"]) for m in settings["pvcMount"]] == [("/mnt/bench", "bench-pvc")]
+        env = {(s["secretName"], e["envVar"]) for s in settings["secretAsEnv"] for e in s["keyToEnv"]}
+        assert ("mlflow-creds", "MLFLOW_TRACKING_URI") in env and ("s3-creds", "AWS_SECRET_ACCESS_KEY") in env
+        if name in GPU_TASKS:
+            assert settings["nodeSelector"]["labels"] == {"gpu.type": "a100"}
+            assert settings["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        else:
+            assert "nodeSelector" not in settings and "tolerations" not in settings
+
+
+def test_retries_and_caching(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+
+    def tasks(dag: dict) -> dict:
+        found = dict(dag["tasks"])
+        for comp in spec["components"].values():
+            found.update(comp.get("dag", {}).get("tasks", {}))
+        return found
+
+    all_tasks = tasks(spec["root"]["dag"])
+    assert all_tasks["prepare"]["cachingOptions"]["enableCache"] is True
+    assert all_tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
+    assert not all_tasks["train"]["cachingOptions"].get("enableCache", False)
+    assert "launch-trainjob" in all_tasks and "leaderboard" in all_tasks
+
+
+def test_every_component_command_is_a_valid_segrepro_invocation(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+    seen = {}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        for argv in _segrepro_argvs(executor["container"]):
+            validate_argv(argv)  # raises on an unknown option or command
+            seen.setdefault(name, []).append(argv[:3])
+    assert seen["exec-prepare"] == [["segrepro", "pipeline", "fetch"], ["segrepro", "data", "prepare"]]
+    assert seen["exec-train"] == [["segrepro", "train", "--method"]]
+    assert seen["exec-evaluate"] == [["segrepro", "evaluate", "--method"]]
+    assert seen["exec-submit"] == [["segrepro", "submit", "build"]]
+    assert seen["exec-leaderboard"] == [["segrepro", "pipeline", "collect"], ["segrepro", "leaderboard", "--runs"]]
+
+
+def test_cli_args_refuse_unknown_options() -> None:
+    with pytest.raises(KeyError, match="no option"):
+        segrepro_args(["train"], methd="ann")
+    with pytest.raises(KeyError, match="no command"):
+        segrepro_args(["trian"])
+    with pytest.raises(Exception, match="No such option"):
+        validate_argv(["segrepro", "train", "--method", "ann", "--bogus", "1"])
+
+
+def test_trainjob_spec_two_nodes_four_gpus() -> None:
+    from kubeflow_trainer_api import models
+
+    job = trainjob_spec("segrepro-ann-1", "registry/segrepro:1", "ann", "official", 2, 4,
+                        "/mnt/bench/trainjobs/x/data/cityscapes", "/mnt/bench/trainjobs/x/run", CLUSTER, "team")
+    body = job.to_dict()
+    again = models.TrainerV1alpha1TrainJob.from_dict(body)  # validates against the SDK's models
+    assert again.to_dict() == body
+    trainer = again.spec.trainer
+    assert (trainer.num_nodes, trainer.num_proc_per_node, trainer.image) == (2, 4, "registry/segrepro:1")
+    assert trainer.command[:5] == ["torchrun", "--nproc_per_node", "4", "--no-python", "segrepro"]
+    ctx = validate_argv(trainer.command[4:])
+    assert (ctx.params["method"], ctx.params["recipe"], str(ctx.params["out"])) == ("ann", "official", "/mnt/bench/trainjobs/x/run")
+    limits = body["spec"]["trainer"]["resourcesPerNode"]["limits"]
+    assert limits == {"nvidia.com/gpu": "4", "cpu": "12", "memory": "48G"}
+    assert again.spec.runtime_ref.name == "torch-distributed"
+    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod_spec = pod["template"]["spec"]["template"]["spec"]
+    assert pod_spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "bench-pvc"
+    assert pod_spec["nodeSelector"] == {"gpu.type": "a100"}
+    assert {e["name"] for e in body["spec"]["trainer"]["env"]} >= {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID"}
+    with pytest.raises(ValueError, match="at least one node"):
+        trainjob_spec("x", "i", "ann", "official", 0, 4, "/d", "/o", CLUSTER)
