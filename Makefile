@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 S3_DIR ?= runs/s3
 S3_PORT ?= 7480
 
-.PHONY: install demo test bench clean s3-up s3-down
+.PHONY: install demo test bench clean s3-up s3-down image-test
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ s3-up: $(STAMP)
 
 s3-down:
 	scripts/s3-server-down.sh $(S3_DIR)
+
+# Builds the Dockerfile with podman (no Docker engine) and runs `segrepro --help` in it; not in `make test`.
+image-test:
+	scripts/build-image-offline.sh
 
 clean:
 	rm -rf $(VENV) runs
