@@ -149,3 +149,24 @@ def test_trainjob_spec_two_nodes_four_gpus() -> None:
     assert {e["name"] for e in body["spec"]["trainer"]["env"]} >= {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID"}
     with pytest.raises(ValueError, match="at least one node"):
         trainjob_spec("x", "i", "ann", "official", 0, 4, "/d", "/o", CLUSTER)
+
+
+def test_collect_runs_links_evaluated_runs_by_method(tmp_path: Path) -> None:
+    import json
+
+    from pipelines.data import artifact_paths, collect_runs, fetch_data
+
+    rendered = json.dumps({"artifacts": [{"name": "a", "uri": "s3://bucket/run/1/results"},
+                                         {"name": "b", "uri": "minio://mlpipeline/x/results"}]})
+    assert artifact_paths(rendered) == ["/s3/bucket/run/1/results", "/minio/mlpipeline/x/results"]
+    results = []
+    for method in ("ann", "gald"):
+        run = tmp_path / f"artifact-{method}"
+        (run / "eval").mkdir(parents=True)
+        (run / "eval" / "eval_summary.json").write_text(json.dumps({"method": method}))
+        results.append(run)
+    runs = collect_runs(results, tmp_path / "runs")
+    assert sorted(p.name for p in runs.iterdir()) == ["ann", "gald"]
+    assert (runs / "gald" / "eval" / "eval_summary.json").is_file()
+    copied = fetch_data(str(results[0]), tmp_path / "copy" / "cityscapes")
+    assert (copied / "eval" / "eval_summary.json").read_text() == json.dumps({"method": "ann"})
