@@ -105,6 +105,6 @@ def build_acfnet_r101(num_classes: int, pretrained: str | None = None) -> nn.Mod
 def build_acfnet_tiny(num_classes: int, pretrained: str | None = None) -> nn.Module:
     model = ACFNet(
         num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
-        coarse_channels=32, acf_channels=32, fine_channels=64,
+        aspp_channels=16, coarse_channels=32, acf_channels=32, fine_channels=32,
     )
     return _finish(model, pretrained)
