@@ -224,6 +224,26 @@ def submit_validate_cmd(
 # (one subcommand per layer: data, models, train, eval)
 
 
+@bench_app.command("train")
+def bench_train_cmd(
+    method: str = typer.Option(..., "--method", help="Method to time."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe (default: demo on CPU, official on CUDA)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    iterations: int = typer.Option(5, "--iterations", help="Timed optimiser steps (after 2 warm-up steps)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Per-device batch (default: the recipe's)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Square crop (default: the recipe's)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+) -> None:
+    """Seconds per training iteration, images/s and peak memory at the recipe's crop and per-GPU batch."""
+    import json
+
+    from segrepro.engine.bench import bench_train
+    from segrepro.stages import resolved_config
+
+    _, cfg = resolved_config(method, recipe or ("official" if device == "cuda" else "demo"), (), params)
+    typer.echo(json.dumps(bench_train(cfg, device, iterations, batch=batch, crop=crop), indent=2))
+
+
 @bench_app.command("data")
 def bench_data_cmd(
     size: str = typer.Option("1024x2048", "--size", help="Synthetic Cityscapes image size HxW."),

@@ -69,18 +69,9 @@ def ohem_cross_entropy(
     return torch.stack(losses).mean()
 
 
-def _lovasz_grad(gt_sorted: Tensor) -> Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al. 2018)."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1.0 - gt_sorted).cumsum(0)
-    jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard
-
-
 def lovasz_softmax(probs: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Lovász-softmax over the whole batch (per_image=False), averaged over classes present in the labels."""
+    """Lovász-softmax (Berman et al. 2018) over the whole batch (per_image=False), averaged over the
+    classes present in the labels. All classes are sorted in one batched call rather than a loop."""
     c = probs.shape[1]
     probs = probs.permute(0, 2, 3, 1).reshape(-1, c)
     target = target.reshape(-1)
@@ -88,15 +79,15 @@ def lovasz_softmax(probs: Tensor, target: Tensor, ignore_index: int = IGNORE_IND
     probs, target = probs[valid], target[valid]
     if target.numel() == 0:
         return probs.sum() * 0.0
-    losses = []
-    for cls in range(c):
-        fg = (target == cls).to(probs.dtype)
-        if fg.sum() == 0:
-            continue
-        errors = (fg - probs[:, cls]).abs()
-        errors_sorted, perm = torch.sort(errors, descending=True)
-        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
-    return torch.stack(losses).mean() if losses else probs.sum() * 0.0
+    fg = torch.nn.functional.one_hot(target, c).to(probs.dtype).t()  # (C, N)
+    present = fg.sum(1) > 0
+    fg, p = fg[present], probs.t()[present]
+    errors_sorted, perm = torch.sort((fg - p).abs(), dim=1, descending=True)
+    fg_sorted = fg.gather(1, perm)
+    gts = fg_sorted.sum(1, keepdim=True)
+    jaccard = 1.0 - (gts - fg_sorted.cumsum(1)) / (gts + (1.0 - fg_sorted).cumsum(1))
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)  # Lovász extension gradient
+    return (errors_sorted * grad).sum(1).mean()
 
 
 @dataclass(frozen=True)
