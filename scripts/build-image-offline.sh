@@ -52,7 +52,7 @@ fi
 
 cp "$CA_BUNDLE" "$REPO/ca-bundle.crt"
 trap 'rm -f "$REPO/ca-bundle.crt"' EXIT
-podman build --isolation=chroot \
+podman build --isolation=chroot --format docker \
   --build-arg BASE_IMAGE="$BASE" --build-arg BUILD_IMAGE="$BASE" --build-arg PIP_CERT=ca-bundle.crt \
   -t "$TAG" "$REPO"
 podman run --rm "$TAG" --help
