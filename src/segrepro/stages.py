@@ -107,7 +107,8 @@ def train(
     status = "FAILED"
     try:
         result = run_training(
-            cfg, model, train_set, lambda g: build_transforms(method, True, crop, generator=g), make_objective,
+            cfg, model, train_set, lambda g: build_transforms(method, True, crop, generator=g, scale=cfg.get("scale")),
+            make_objective,
             out, dist, resume=resume, tracker=tracker,
         )
         summary: dict[str, Any] = {

@@ -12,7 +12,7 @@ AlignSeg-SSL's multi-crop and fixed-size eval views are in :mod:`segrepro.data.t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,12 +236,21 @@ class ToTensor:
         return out
 
 
+def scale_choices(spec: Mapping[str, Any]) -> tuple[float, ...]:
+    """``{"choices": [start, stop, step]}`` (a recipe's discrete scales, both ends included) → the values."""
+    start, stop, step = (float(v) for v in spec["choices"])
+    count = int(round((stop - start) / step)) + 1
+    return tuple(round(start + k * step, 6) for k in range(count))
+
+
 def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | None = None,
-                     generator: torch.Generator | None = None) -> Compose:
+                     generator: torch.Generator | None = None, scale: Mapping[str, Any] | None = None) -> Compose:
     """The official train or eval pipeline of ``method`` (a key of :data:`NORMALIZATION`).
 
-    Eval pipelines only normalise (sliding-window tiling is the evaluator's job), except AlignSeg-SSL,
-    which resizes to 448² and its GT to 100² as its metric does.
+    ``scale`` is a recipe's scale augmentation (params.yaml): ``{"choices": [start, stop, step]}`` for the
+    discrete scales of AlignSeg/ACFNet/GALD/DGCNet, ``{"range": [lo, hi], "aspect": [lo, hi]}`` for ANN;
+    the official values are the defaults. Eval pipelines only normalise (sliding-window tiling is the
+    evaluator's job), except AlignSeg-SSL, which resizes to 448² and its GT to 100² as its metric does.
     """
     if method not in NORMALIZATION:
         raise UserError(f"unknown method {method!r} for transforms; choose one of: {', '.join(NORMALIZATION)}")
@@ -259,7 +268,9 @@ def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | Non
         return Compose([Normalize(norm), ToTensor()])
     if method == "ann":
         return Compose([
-            RandomResize(generator=generator), RandomCrop(hw, generator=generator),
+            RandomResize(tuple((scale or {}).get("range", (0.5, 2.0))), tuple((scale or {}).get("aspect", (0.9, 1.1))),
+                         generator=generator),
+            RandomCrop(hw, generator=generator),
             RandomBrightness(10, generator=generator), RandomHorizontalFlip(0.5, generator=generator),
             Normalize(norm), PadTo(hw, position="random", generator=generator), ToTensor(),
         ])
@@ -267,6 +278,7 @@ def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | Non
     # the same draw (the offset range of the padded image is 0 wherever padding happens) and the same
     # pixels, since normalisation is per pixel; it just normalises crop-size arrays instead of 2x images.
     return Compose([
-        RandomScaleChoice(generator=generator), RandomCrop(hw, generator=generator), Normalize(norm),
+        RandomScaleChoice(scale_choices(scale) if scale else ALIGNSEG_SCALES, generator=generator),
+        RandomCrop(hw, generator=generator), Normalize(norm),
         PadTo(hw, position="bottom_right"), RandomHorizontalFlip(0.5, generator=generator), ToTensor(),
     ])
