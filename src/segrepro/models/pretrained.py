@@ -203,12 +203,12 @@ def convert_for(model: nn.Module, sd: StateDict, source: str, file: str | os.Pat
     """Convert a pretrained file's tensors to ``model``'s full backbone key names, or refuse with the reason."""
     _source(source)
     prefix, target = backbone_state(model)
+    sd = {k: v for k, v in sd.items() if not _DROP_RE.match(k)}  # ImageNet classifier / DINO projection head
     if source == "dino":
         sd = strip_prefix(strip_prefix(sd, "model."), "backbone.")
     else:
         _refuse_wrong_resnet(model, sd, target, file)
         sd = from_split_stem(to_split_stem(sd), getattr(_resnet_of(model), "stem_layout", "split"))
-    sd = {k: v for k, v in sd.items() if not _DROP_RE.match(k)}
     converted = {prefix + k: v for k, v in sd.items()}
     full_target = {prefix + k: v for k, v in target.items()}
     check_keys(converted, full_target, f"{file} does not fit the {type(model).__name__} backbone", optional_nbt=True)
