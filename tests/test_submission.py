@@ -20,7 +20,8 @@ from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders
 from segrepro.evaluation.predict import png_bytes
 from segrepro.models import build
 from segrepro.submission import SubmissionError, check_archive, validate_archive
-from segrepro.submission.build import MANIFEST, open_staging, sha256_file, staging_dir
+from segrepro.data.manifest import sha256_file
+from segrepro.submission.build import MANIFEST, open_staging, staging_dir
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 H, W = 64, 128

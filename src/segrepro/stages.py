@@ -260,7 +260,7 @@ def evaluate(
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.report import log_report, write_report
     from segrepro.evaluation.predict import run_evaluation
-    from segrepro.submission.build import sha256_file
+    from segrepro.data.manifest import sha256_file
     from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
 
     cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
@@ -321,7 +321,8 @@ def submit_build(
     from segrepro.data.transforms import build_transforms
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.predict import iter_predictions, save_prediction
-    from segrepro.submission.build import open_staging, prediction_name, sha256_file, write_archive
+    from segrepro.data.manifest import sha256_file
+    from segrepro.submission.build import open_staging, prediction_name, write_archive
     from segrepro.tracking.mlflow_tracker import git_state
 
     cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)

@@ -11,7 +11,6 @@ rerun skips the images already there. The zip is written to a temp file and rena
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -24,14 +23,6 @@ from segrepro.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.json"
 PREDICTION_SUFFIX = "_leftImg8bit.png"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def staging_dir(out_zip: Path) -> Path:
