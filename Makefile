@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 	@echo; echo "== val mIoU per method (training's quick single-scale check) =="
-	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"{s[\"method\"]:14s} val mIoU {s[\"val_mIoU\"]:.3f}")' $$f; done
+	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%-14s val mIoU %.3f" % (s["method"], s["val_mIoU"]))' $$f; done
 	@echo; echo "Leaderboard: leaderboard/leaderboard.md (also .html, .csv); MLflow UI: make ui"
 
 test: $(STAMP)
