@@ -77,3 +77,20 @@ def assert_matches(out: torch.Tensor, ref_path: Path) -> None:
 
 def load_input(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
+
+
+def evaluate_with_layer3_dsn(model: nn.Module, fixtures_dir: Path, method: str, variant: str) -> dict:
+    """GALD/DGCNet fixtures: load the manifest weights, one eval forward on ``input.npy``, and the
+    ``dsn`` head applied to layer3 (captured by a hook), which the official eval forward does not return."""
+    meta = json.loads((fixtures_dir / method / "meta.json").read_text())
+    load_manifest_weights(model, fixtures_dir, fixtures_dir / method / f"manifest_{variant}.json", gain=meta["init_gain"])
+    model.eval()
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
+    try:
+        with torch.no_grad():
+            out = model(load_input(fixtures_dir / method / "input.npy"))
+            dsn = model.dsn(seen["layer3"])
+    finally:
+        hook.remove()
+    return {"variant": variant, "out": out, "dsn": dsn, "meta": meta}

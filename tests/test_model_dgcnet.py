@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_fixtures import assert_manifest_keys, assert_matches, load_input, load_manifest_weights
+from reference_fixtures import assert_manifest_keys, assert_matches, evaluate_with_layer3_dsn
 
 from segrepro.models import SegOutput, build
 from segrepro.models.dgcnet import DualGCN, SpatialGCN
@@ -25,18 +24,9 @@ def official(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
 def evaluated(official: tuple[str, torch.nn.Module], fixtures_dir: Path) -> dict:
     """Fixture weights (init_gain 0.85), one eval forward on input.npy; layer3 captured by a hook for ``dsn``."""
     variant, model = official
-    meta = json.loads((fixtures_dir / "dgcnet" / "meta.json").read_text())
-    assert meta["init_gain"] == 0.85
-    manifest = fixtures_dir / "dgcnet" / f"manifest_{variant}.json"
-    load_manifest_weights(model, fixtures_dir, manifest, gain=meta["init_gain"])
-    model.eval()
-    seen: dict[str, torch.Tensor] = {}
-    hook = model.layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
-    with torch.no_grad():
-        out = model(load_input(fixtures_dir / "dgcnet" / "input.npy"))
-        dsn = model.dsn(seen["layer3"])
-    hook.remove()
-    return {"variant": variant, "out": out, "dsn": dsn}
+    result = evaluate_with_layer3_dsn(model, fixtures_dir, "dgcnet", variant)
+    assert result["meta"]["init_gain"] == 0.85
+    return result
 
 
 def test_manifest_keys(official: tuple[str, torch.nn.Module], fixtures_dir: Path) -> None:
