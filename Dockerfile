@@ -27,7 +27,9 @@ LABEL org.opencontainers.image.title="segrepro" \
       org.opencontainers.image.description="Reproducibility pipeline for semantic segmentation (CLI + Kubeflow components)" \
       org.opencontainers.image.licenses="Apache-2.0"
 # No credentials here: MLflow and S3 settings come from Kubernetes secrets as env at run time.
-ENV PATH=/opt/segrepro/bin:${PATH} PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
+# numba caches its compiled metric kernel; /tmp stays writable under a read-only root filesystem.
+ENV PATH=/opt/segrepro/bin:${PATH} PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 RUN useradd --create-home --uid 1000 --shell /bin/bash segrepro
 COPY --from=build /opt/segrepro /opt/segrepro
 WORKDIR /home/segrepro/work

@@ -82,25 +82,46 @@ def test_edge_cases_are_exercised(expected: dict) -> None:
     assert not math.isnan(expected["categoryInstScores"]["vehicle"])
 
 
-def test_in_memory_updates_equal_official(expected: dict, dataset: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-numba", "torch-bincount"])
+def test_in_memory_updates_equal_official(expected: dict, dataset: tuple[Path, Path], fused: bool) -> None:
     arrays = decoded(dataset)
     before = [tuple(a.copy() for a in triple) for triple in arrays]
-    one_by_one = CityscapesEvaluator()
+    one_by_one = CityscapesEvaluator(fused=fused)
     for pred, gt, inst in arrays:
         one_by_one.update(pred, gt, inst)
     assert all(np.array_equal(a, b) for t, u in zip(arrays, before) for a, b in zip(t, u))  # inputs untouched
     # Two "processes" on disjoint shards, one fed a batch (B, H, W) of tensors, merged by summing state.
-    first, second = CityscapesEvaluator(), CityscapesEvaluator()
+    first, second = CityscapesEvaluator(fused=fused), CityscapesEvaluator(fused=fused)
     first.update(*arrays[0])
     second.update(*(torch.from_numpy(np.stack([a[i] for a in arrays[1:]])) for i in range(3)))
     merged = first.merge(second)
-    wide = CityscapesEvaluator()  # 16-bit prediction PNGs and int64 instance maps decode to wider types
+    wide = CityscapesEvaluator(fused=fused)  # 16-bit prediction PNGs and int64 instance maps decode to wider types
     for pred, gt, inst in arrays:
         wide.update(pred.astype(np.uint16), gt, inst.astype(np.int64))
     for acc in (one_by_one, merged, wide):
         result = acc.compute()
         assert max_difference(expected, result.official_dict()) <= TOL
         assert result.extras["num_images"] == len(arrays)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-numba", "torch-bincount"])
+def test_out_of_range_ids_are_refused_before_counting(fused: bool) -> None:
+    acc = CityscapesEvaluator(fused=fused)
+    gt, inst = np.full((4, 6), 7, np.uint8), np.full((4, 6), 7, np.int32)
+    bad_pred = gt.copy()
+    bad_pred[3, 5] = 255
+    with pytest.raises(ValueError, match="prediction holds id 255.*trainIds"):
+        acc.update(bad_pred, gt, inst)
+    with pytest.raises(ValueError, match="ground truth holds id -1"):
+        acc.update(gt.astype(np.int64), np.where(inst > 0, -1, 0), inst)
+    for value, needle in ((34000, "encodes labelId 34"), (-5, "-5")):
+        wrong = inst.copy()
+        wrong[0, 0] = value
+        with pytest.raises(ValueError, match=needle):
+            acc.update(gt, gt, wrong)
+    with pytest.raises(ValueError, match="differs from prediction"):
+        acc.update(gt, gt[:, :-1], None)
+    assert all(int(v.abs().sum()) == 0 for v in acc.state.values())  # nothing counted from refused input
 
 
 def test_folder_evaluation_equals_official_and_in_memory(expected: dict, dataset: tuple[Path, Path]) -> None:

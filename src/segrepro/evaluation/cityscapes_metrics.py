@@ -1,9 +1,9 @@
 """Cityscapes pixel-level metrics, equal to cityscapesscripts' ``evalPixelLevelSemanticLabeling``.
 
 The official script builds a 34×34 labelId confusion matrix and loops over instances with one full-image
-mask each. Here the matrix is one ``bincount`` over ``gt*34+pred`` and the instance terms one ``bincount``
-over (instance id, predicted id among 24..33), both on the inputs' device; only the per-instance rows (a
-few dozen) are touched afterwards. The formulas (reference/cityscapes_eval_and_submission.md §1) are
+mask each. Here both come from one histogram pass: on CPU a fused numba loop (:mod:`.cityscapes_counts`),
+on other devices a ``bincount`` over ``gt*34+pred`` plus one over (instance id, predicted id among
+24..33). Only the per-instance rows (a few dozen) are touched afterwards. The formulas (reference/cityscapes_eval_and_submission.md §1) are
 applied to the accumulated sums in :meth:`CityscapesEvaluator.compute`.
 Edge cases kept on purpose: ignored-id predictions are FN, FP counts only non-ignored GT rows, NaN scores
 leave the averages, vehicle iIoU predictions include caravan/trailer, weights are avgClassSize/size.
@@ -24,40 +24,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from segrepro.data import cityscapes_labels as csl
 from segrepro.errors import UserError
-from segrepro.evaluation.confusion import as_tensor, bincount_confusion, nanmean
+from segrepro.evaluation.cityscapes_counts import (
+    CATEGORY_NAMES,
+    LABEL_NAMES,
+    TABLES,
+    N,
+    device_histograms,
+    fused_histograms,
+    instance_terms,
+)
+from segrepro.evaluation.confusion import as_tensor, nanmean
 from segrepro.io import atomic_write_text
 
-N = csl.NUM_LABEL_IDS  # 34 labelIds, 0..33
-FIRST_INST = min(lab.id for lab in csl.LABELS if lab.hasInstances)  # 24 (person): instance classes are 24..33
-N_CODES = N - FIRST_INST + 1  # predicted-id codes: 0 = below 24, 1..10 = labelIds 24..33
-ROW_BASE = FIRST_INST * 1000 - 1  # instance ids below FIRST_INST*1000 belong to no instance class
 
-
-def _tables() -> dict[str, np.ndarray]:
-    """Static per-labelId tables derived from the official label list."""
-    by_id = {lab.id: lab for lab in csl.LABELS if lab.id >= 0}
-    evaluated = np.array([not by_id[i].ignoreInEval for i in range(N)])
-    inst_class = np.array([by_id[i].hasInstances and not by_id[i].ignoreInEval for i in range(N)])
-    sizes = csl.avg_instance_size()
-    avg = np.array([sizes.get(by_id[i].name, np.nan) for i in range(N)], dtype=np.float64)
-    cats = csl.category_names()
-    cat_of = np.array([cats.index(by_id[i].category) for i in range(N)])
-    cat_iou = np.zeros((len(cats), N), dtype=bool)  # non-ignored members: category IoU
-    cat_inst = np.zeros((len(cats), N), dtype=bool)  # all members, only where every member has instances
-    for k, cat in enumerate(cats):
-        members = csl.category_labels(cat)
-        cat_iou[k, [lab.id for lab in members if not lab.ignoreInEval]] = True
-        if all(lab.hasInstances for lab in members):
-            cat_inst[k, [lab.id for lab in members]] = True
-    return {"evaluated": evaluated, "inst_class": inst_class, "avg": avg, "cat_of": cat_of,
-            "cat_iou": cat_iou, "cat_inst": cat_inst}
-
-
-TABLES = _tables()
-LABEL_NAMES = [csl.cs_labels.id2label[i].name for i in range(N)]
-CATEGORY_NAMES = csl.category_names()
 
 
 def _score(tp: float, fp: float, fn: float) -> float:
@@ -130,8 +110,11 @@ class CityscapesEvaluator:
     entry with SUM and call :meth:`compute` anywhere.
     """
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu", fused: bool | None = None) -> None:
         self.device = torch.device(device)
+        self.fused = self.device.type == "cpu" if fused is None else fused
+        if self.fused and self.device.type != "cpu":
+            raise ValueError("the fused numba pass runs on CPU; use fused=False for device tensors")
         n_cat = len(CATEGORY_NAMES)
         f64 = {"dtype": torch.float64, "device": self.device}
         i64 = {"dtype": torch.int64, "device": self.device}
@@ -146,65 +129,35 @@ class CityscapesEvaluator:
             "cat_fn_w": torch.zeros(n_cat, **f64),
             "images": torch.zeros((), **i64),
         }
-        t = {k: torch.as_tensor(v, device=self.device) for k, v in TABLES.items()}
-        self._inst_class, self._avg, self._cat_of, self._cat_inst = (
-            t["inst_class"], t["avg"], t["cat_of"], t["cat_inst"])
 
     def update(self, pred_label_ids: torch.Tensor | np.ndarray, gt_label_ids: torch.Tensor | np.ndarray,
                gt_instance_ids: torch.Tensor | np.ndarray | None = None) -> None:
         """Add images of labelIds (``(H, W)`` or ``(B, H, W)``); instanceIds enable the iIoU terms.
 
-        Raises ValueError for shapes that differ or ids outside 0..33 (the official script crashes there).
+        On CPU one fused numba pass per image (:mod:`.cityscapes_counts`); elsewhere ``bincount`` on the
+        device. Raises ValueError for shapes that differ or ids outside 0..33 (the official script crashes).
         """
-        pred = as_tensor(pred_label_ids, self.device)
-        gt = as_tensor(gt_label_ids, self.device)
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction size {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
-        for what, t in (("prediction", pred), ("ground truth", gt)):
-            lo, hi = (0, int(t.max())) if t.dtype == torch.uint8 else (int(v) for v in torch.aminmax(t))
-            if lo < 0 or hi >= N:
-                raise ValueError(f"{what} holds id {hi if hi >= N else lo}; labelIds must be 0..{N - 1}"
-                                 + (" (trainIds or the 255 ignore value written by mistake?)" if hi >= N else ""))
-        s = self.state
-        s["conf"] += bincount_confusion(gt, pred, N, N)
-        s["images"] += 1 if gt.dim() == 2 else gt.shape[0]
-        if gt_instance_ids is not None:
-            inst = as_tensor(gt_instance_ids, self.device)
-            if inst.shape != pred.shape:
-                raise ValueError(f"instance map size {tuple(inst.shape)} differs from prediction {tuple(pred.shape)}")
-            # Instance ids are per image: one pass per image so equal ids in a batch stay apart.
-            for p, i in zip(pred.reshape(-1, *pred.shape[-2:]), inst.reshape(-1, *inst.shape[-2:])):
-                self._update_instances(p, i)
-
-    def _update_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
-        # One bincount over row*11 + code: row = instanceId - (FIRST_INST*1000 - 1) (row 0 collects every
-        # pixel outside an instance of an instance class), code = predicted labelId - 23 for 24..33, else 0.
-        top = int(inst.max())
-        if top >= N * 1000:
-            raise ValueError(f"instance id {top} encodes labelId {top // 1000}; labelIds must be 0..{N - 1}")
-        n_rows = top - ROW_BASE + 1
-        if n_rows <= 1:
-            return  # no instance of an instance class in this image
-        code = pred.clamp(min=FIRST_INST - 1).sub_(FIRST_INST - 1).to(torch.int32)
-        key = inst.clamp(min=ROW_BASE).to(torch.int32)  # a new tensor: the caller's map is never written
-        key = key.sub_(ROW_BASE).mul_(N_CODES).add_(code).reshape(-1)
-        hist = torch.bincount(key, minlength=n_rows * N_CODES).view(n_rows, N_CODES)[1:]
-        size = hist.sum(1)
-        lab = torch.arange(ROW_BASE + 1, ROW_BASE + n_rows, device=hist.device).div_(1000, rounding_mode="floor")
-        keep = (size > 0) & self._inst_class[lab]  # instances of ignored classes (caravan...) are skipped
-        hist, size, lab = hist[keep], size[keep], lab[keep]
-        tp = hist.gather(1, (lab - (FIRST_INST - 1)).unsqueeze(1)).squeeze(1)
-        cat = self._cat_of[lab]
-        cat_tp = (hist * self._cat_inst[cat][:, FIRST_INST - 1:]).sum(1)  # caravan/trailer count
-        weight = self._avg[lab] / size.to(torch.float64)  # official: avgClassSize / float(instSize)
-        s = self.state
-        s["inst_count"].index_add_(0, lab, torch.ones_like(lab))
-        s["inst_tp"].index_add_(0, lab, tp)
-        s["inst_fn"].index_add_(0, lab, size - tp)
-        s["inst_tp_w"].index_add_(0, lab, tp.to(torch.float64) * weight)
-        s["inst_fn_w"].index_add_(0, lab, (size - tp).to(torch.float64) * weight)
-        s["cat_tp_w"].index_add_(0, cat, cat_tp.to(torch.float64) * weight)
-        s["cat_fn_w"].index_add_(0, cat, (size - cat_tp).to(torch.float64) * weight)
+        maps = {"prediction": pred_label_ids, "ground truth": gt_label_ids, "instance map": gt_instance_ids}
+        maps = {k: v for k, v in maps.items() if v is not None}
+        shape = tuple(pred_label_ids.shape)
+        for what, m in maps.items():
+            if tuple(m.shape) != shape:
+                raise ValueError(f"{what} size {tuple(m.shape)} differs from prediction {shape}")
+        if self.fused:
+            arrays, count = [_as_numpy(m) for m in maps.values()], fused_histograms
+        else:
+            arrays, count = [as_tensor(m, self.device) for m in maps.values()], device_histograms
+        if len(arrays) == 2:  # no instance map: the whole batch in one pass
+            counts = [count(*arrays, None)]
+        else:  # instance ids are per image: one pass each, so equal ids in a batch stay apart
+            counts = [count(p, g, i) for p, g, i in zip(*(a.reshape(-1, *shape[-2:]) for a in arrays))]
+        # Every image is counted (and validated) before anything is added: refused input changes nothing.
+        for conf, ids, hist in counts:
+            self.state["conf"] += as_tensor(conf, self.device)
+            if len(ids):
+                for key, value in instance_terms(ids, hist).items():
+                    self.state[key] += torch.as_tensor(value, device=self.device).to(self.state[key].dtype)
+        self.state["images"] += 1 if len(shape) == 2 else shape[0]
 
     def merge(self, other: CityscapesEvaluator | dict[str, torch.Tensor | np.ndarray]) -> CityscapesEvaluator:
         """In-place sum of another accumulator or its :attr:`state` (another process, shard or worker)."""
@@ -247,6 +200,10 @@ class CityscapesEvaluator:
                                 for i in range(N) if TABLES["inst_class"][i]},
         }
         return CityscapesResult(class_scores, class_inst, cat_scores, cat_inst, conf.copy(), extras)
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 # --- PNG folders in the official layout -------------------------------------------------------------
