@@ -52,7 +52,8 @@ def evaluate(method: str, dataset: Input[Dataset], model: Input[Model], results:
     out.mkdir(parents=True, exist_ok=True)
     for name in TRAIN_FILES:
         shutil.copyfile(Path(model.path) / name, out / name)
-    summary = stages.evaluate(method, Path(model.path) / MODEL_FILE, Path(dataset.path) / DATASET_SUBDIR, out=out / "eval")
+    trained = stages.TrainedModel(method, Path(model.path) / MODEL_FILE)
+    summary = stages.evaluate(trained, Path(dataset.path) / DATASET_SUBDIR, out=out / "eval")
     results.metadata.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
@@ -64,9 +65,8 @@ def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission
     from components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
 
-    stages.submit_build(
-        method, Path(model.path) / MODEL_FILE, Path(dataset.path) / DATASET_SUBDIR, Path(submission.path)
-    )
+    trained = stages.TrainedModel(method, Path(model.path) / MODEL_FILE)
+    stages.submit_build(trained, Path(dataset.path) / DATASET_SUBDIR, Path(submission.path))
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)

@@ -114,8 +114,8 @@ def test_evaluate_self_supervised_reports_both_protocols(tmp_path: Path) -> None
     synth_dataset("voc", tmp_path / "voc", "1,2", (64, 64), 0)
     torch.manual_seed(0)
     torch.save(build("alignseg_ssl", variant="tiny").state_dict(), tmp_path / "ssl.pt")  # as training builds it
-    summary = stages.evaluate("alignseg_ssl", tmp_path / "ssl.pt", tmp_path / "voc", out=tmp_path / "ev",
-                              params_path=PARAMS, device="cpu", track=False)
+    trained = stages.TrainedModel("alignseg_ssl", tmp_path / "ssl.pt", params_path=PARAMS, device="cpu")
+    summary = stages.evaluate(trained, tmp_path / "voc", out=tmp_path / "ev", track=False)
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics) >= {"official_per_image_majority", "dataset_hungarian"}
     assert metrics["official_per_image_majority"]["mIoU"] == pytest.approx(summary["official_per_image_majority_mIoU"])

@@ -82,3 +82,13 @@ def test_unknown_names_list_the_choices() -> None:
         build("pspnet")
     with pytest.raises(UserError, match=r"unknown variant 'r152' for gald; choose one of: .*r101.*tiny"):
         build("gald", variant="r152")
+
+
+def test_models_command_lists_every_registered_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    from segrepro.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["models"])
+    assert exc.value.code in (0, None)
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert rows == [[m, v] for m, v in CASES]

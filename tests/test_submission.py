@@ -43,7 +43,11 @@ def checkpoint(city: Path) -> Path:
 
 
 def _build(city: Path, checkpoint: Path, out: Path, split: str = "test") -> dict:
-    return stages.submit_build("alignseg", checkpoint, city, out, "official", split, params_path=PARAMS, device="cpu")
+    return stages.submit_build(_trained(checkpoint), city, out, "official", split)
+
+
+def _trained(checkpoint: Path) -> stages.TrainedModel:
+    return stages.TrainedModel("alignseg", checkpoint, params_path=PARAMS, device="cpu")
 
 
 def test_build_validate_and_manifest(city: Path, checkpoint: Path, tmp_path: Path) -> None:
@@ -107,8 +111,7 @@ def test_val_archive_scores_like_evaluate(city: Path, checkpoint: Path, tmp_path
     with zipfile.ZipFile(out) as zf:
         zf.extractall(tmp_path / "preds")
     folder = evaluate_cityscapes_folders(city, tmp_path / "preds", "val", workers=0).official_dict()
-    direct = stages.evaluate("alignseg", checkpoint, city, "val", out=tmp_path / "eval", params_path=PARAMS,
-                             device="cpu", overlays=0, track=False)
+    direct = stages.evaluate(_trained(checkpoint), city, "val", out=tmp_path / "eval", overlays=0, track=False)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert folder["averageScoreClasses"] == pytest.approx(direct["mIoU"], abs=1e-12)
     for field in ("classScores", "classInstScores", "categoryScores", "categoryInstScores"):

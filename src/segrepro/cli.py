@@ -118,6 +118,20 @@ def metrics_cityscapes(
 
 
 # --- train ------------------------------------------------------------------------------------
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered methods and variants (the names `train`, `evaluate` and `build()` accept)."""
+    from segrepro.models.registry import get_spec, list_methods, list_variants
+
+    for method in list_methods():
+        default = get_spec(method).variant
+        for variant in list_variants(method):
+            spec = get_spec(method, variant)
+            mark = " (default)" if variant == default else ""
+            typer.echo(f"{method:<13} {variant:<10} {spec.default_num_classes:>3} classes  "
+                       f"pretrained: {spec.pretrained_source:<9} {spec.description}{mark}")
+
+
 @app.command("train")
 def train_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann (see `segrepro models`)."),
@@ -174,8 +188,9 @@ def evaluate_cmd(
     """Run an inference protocol over a split; metrics.json, per-class CSV, plots and an MLflow eval run."""
     from segrepro import stages
 
-    summary = stages.evaluate(method, checkpoint, data, split, protocol, _floats(scales), flip, crop, stride, save_pred,
-                              pred_kind, overlays, variant, out, recipe, (), params, device, workers, tile_batch, mlflow)
+    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch)
+    summary = stages.evaluate(trained, data, split, protocol, _floats(scales), flip, crop, stride, save_pred, pred_kind,
+                              overlays, out, mlflow)
     headline = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "mIoU" in k or k == "iIoU")
     typer.echo(f"{method} [{summary['protocol']}]: {headline} (written to {summary['out']})")
 
@@ -201,8 +216,8 @@ def submit_build_cmd(
     """One 8-bit labelId PNG per image, zipped with a manifest.json; resumes after a crash."""
     from segrepro import stages
 
-    summary = stages.submit_build(method, checkpoint, data, out, protocol, split, variant, None, (), params, device,
-                                  workers, tile_batch)
+    trained = stages.TrainedModel(method, checkpoint, variant, None, (), params, device, workers, tile_batch)
+    summary = stages.submit_build(trained, data, out, protocol, split)
     typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +218,28 @@ def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_clas
     return model.eval()
 
 
-def _eval_setup(method: str, data: Path | None, variant: str | None, recipe: str | None,
-                overrides: Sequence[str], params_path: Path) -> tuple[dict, str, Path, str | None]:
-    params, cfg = resolved_config(method, recipe, overrides, params_path)
-    dataset_name = str(cfg["dataset"])
-    return cfg, dataset_name, _data_root(params, dataset_name, data), variant or cfg.get("variant")
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint, the recipe it came from and how to run it: what ``evaluate`` and ``submit build`` share."""
+
+    method: str
+    checkpoint: Path
+    variant: str | None = None  # default: the recipe's
+    recipe: str | None = None  # default: params.yaml train.<method>.recipe
+    overrides: Sequence[str] = ()
+    params_path: Path = Path("params.yaml")
+    device: str = "auto"
+    workers: int = 0  # image decode processes
+    tile_batch: int = 4  # sliding-window tiles per forward pass
+
+    def load(self, data: Path | None) -> tuple[str, Path, str | None, Any]:
+        """(dataset name, dataset root, variant, model in eval mode), as the recipe trained it."""
+        params, cfg = resolved_config(self.method, self.recipe, self.overrides, self.params_path)
+        dataset_name = str(cfg["dataset"])
+        root = _data_root(params, dataset_name, data)
+        variant = self.variant or cfg.get("variant")
+        return dataset_name, root, variant, load_eval_model(self.method, self.checkpoint, variant,
+                                                            _eval_num_classes(cfg, dataset_name))
 
 
 def _eval_num_classes(cfg: dict, dataset_name: str) -> int | None:
@@ -234,8 +252,7 @@ def _eval_num_classes(cfg: dict, dataset_name: str) -> int | None:
 
 
 def evaluate(
-    method: str,
-    checkpoint: Path,
+    trained: TrainedModel,
     data: Path | None = None,
     split: str = "val",
     protocol: str = "official",
@@ -246,14 +263,7 @@ def evaluate(
     save_pred: Path | None = None,
     pred_kind: str = "labelIds",
     overlays: int = 4,
-    variant: str | None = None,
     out: Path | None = None,
-    recipe: str | None = None,
-    overrides: Sequence[str] = (),
-    params_path: Path = Path("params.yaml"),
-    device: str = "auto",
-    workers: int = 0,
-    tile_batch: int = 4,
     track: bool = True,
 ) -> dict[str, Any]:
     """Run a protocol over a split, write metrics.json / per-class CSV / plots, log an MLflow eval run."""
@@ -263,13 +273,13 @@ def evaluate(
     from segrepro.data.manifest import sha256_file
     from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
 
-    cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
+    method, checkpoint = trained.method, trained.checkpoint
     proto = resolve_protocol(method, protocol, split, scales=scales, flip=flip, crop=crop, stride=stride)
-    model = load_eval_model(method, checkpoint, variant, _eval_num_classes(cfg, dataset_name))
+    dataset_name, root, variant, model = trained.load(data)
     out = Path(out or Path("runs") / method / "eval")
-    report = run_evaluation(method, model, dataset_name, root, split, proto, _device(device), save_pred=save_pred,
-                            pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays", workers=workers,
-                            tile_batch=tile_batch)
+    report = run_evaluation(method, model, dataset_name, root, split, proto, _device(trained.device),
+                            save_pred=save_pred, pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays",
+                            workers=trained.workers, tile_batch=trained.tile_batch)
     info = {"method": method, "variant": str(variant), "split": split, "protocol": proto.describe(),
             "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint))}
     report.json_dict.setdefault("segrepro", {}).update(info)
@@ -299,19 +309,7 @@ def evaluate(
 
 
 def submit_build(
-    method: str,
-    checkpoint: Path,
-    data: Path,
-    out: Path,
-    protocol: str = "official",
-    split: str = "test",
-    variant: str | None = None,
-    recipe: str | None = None,
-    overrides: Sequence[str] = (),
-    params_path: Path = Path("params.yaml"),
-    device: str = "auto",
-    workers: int = 0,
-    tile_batch: int = 4,
+    trained: TrainedModel, data: Path, out: Path, protocol: str = "official", split: str = "test"
 ) -> dict[str, Any]:
     """Predict every image of the Cityscapes split and zip one labelId PNG each (resumable, atomic)."""
     from dataclasses import asdict
@@ -325,11 +323,11 @@ def submit_build(
     from segrepro.submission.build import open_staging, prediction_name, write_archive
     from segrepro.tracking.mlflow_tracker import git_state
 
-    cfg, dataset_name, root, variant = _eval_setup(method, data, variant, recipe, overrides, params_path)
+    method, checkpoint = trained.method, trained.checkpoint
+    proto = resolve_protocol(method, protocol, split)
+    dataset_name, root, variant, model = trained.load(data)
     if dataset_name != "cityscapes":
         raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
-    proto = resolve_protocol(method, protocol, split)
-    model = load_eval_model(method, checkpoint, variant, _eval_num_classes(cfg, dataset_name))
     out = Path(out)
     manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
                 "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
@@ -339,8 +337,9 @@ def submit_build(
     dataset = get_dataset(dataset_name, root, split, transform=build_transforms(method, False))
     names = [prediction_name(stem_of(p)) for p in dataset.images]
     done = sum((stage / n).is_file() for n in names)
-    for pred in iter_predictions(model, dataset, proto, _device(device), skip=lambda i: (stage / names[i]).is_file(),
-                                 workers=workers, tile_batch=tile_batch, desc="submission"):
+    for pred in iter_predictions(model, dataset, proto, _device(trained.device), desc="submission",
+                                 skip=lambda i: (stage / names[i]).is_file(), workers=trained.workers,
+                                 tile_batch=trained.tile_batch):
         save_prediction(pred.classes, stage / names[pred.sample["index"]], "labelIds")
     write_archive(stage, names, out)
     return {"archive": str(out), "predictions": len(names), "resumed": done, "protocol": proto.describe()}

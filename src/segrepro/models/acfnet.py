@@ -17,10 +17,12 @@ from segrepro.models.acfnet_blocks import ASPP, ACFHead, FCNHead, abn, conv_abn_
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import SegOutput
-from segrepro.models.pretrained import load_backbone
 from segrepro.models.registry import register
 
 STRIDE = 8
+# ``build(..., pretrained=)`` file layout: a deep-stem ECA-ResNet with every eca.conv (the official
+# recipe's MIT file has none, so its ECA convs stay random; see segrepro.models.pretrained).
+PRETRAINED_SOURCE = "eca"
 
 
 class ACFNet(ResNet):
@@ -90,21 +92,16 @@ class ACFNet(ResNet):
         return SegOutput(fine + coarse, STRIDE, outs, {k: STRIDE for k in outs})
 
 
-def _finish(model: ACFNet, pretrained: str | None) -> ACFNet:
-    if pretrained is not None:
-        load_backbone(model, pretrained, source="eca")
-    return model
+@register("acfnet", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
+          description="ECA-ResNet-101 (deep stem, OS 8) + ASPP + ACF, official")
+def build_acfnet_r101(num_classes: int) -> ACFNet:
+    return ACFNet(num_classes)
 
 
-@register("acfnet", "r101", default=True, description="ECA-ResNet-101 (deep stem, OS 8) + ASPP + ACF, official")
-def build_acfnet_r101(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return _finish(ACFNet(num_classes), pretrained)
-
-
-@register("acfnet", "tiny", description="ACFNet head on a 1-1-1-1 narrow ECA-ResNet, for CPU tests and demos")
-def build_acfnet_tiny(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    model = ACFNet(
+@register("acfnet", "tiny", pretrained_source=PRETRAINED_SOURCE,
+          description="ACFNet head on a 1-1-1-1 narrow ECA-ResNet, for CPU tests and demos")
+def build_acfnet_tiny(num_classes: int) -> ACFNet:
+    return ACFNet(
         num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
         aspp_channels=16, coarse_channels=32, acf_channels=32, fine_channels=32,
     )
-    return _finish(model, pretrained)

@@ -20,6 +20,8 @@ from segrepro.models.registry import register
 #: BGR channel means (0–255) subtracted by the official loaders; there is no std division.
 BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
 OUTPUT_STRIDE = 4
+# ``build(..., pretrained=)`` file layout: the README's MIT/CSAIL deep-stem ``resnet101-imagenet.pth``.
+PRETRAINED_SOURCE = "mit"
 
 
 def _classifier(channels: int, num_classes: int) -> nn.Sequential:
@@ -105,30 +107,18 @@ class AlignSeg(ResNet):
         )
 
 
-def _with_backbone(model: AlignSeg, pretrained: str | None) -> AlignSeg:
-    if pretrained is not None:
-        from segrepro.models.pretrained import load_backbone  # only needed when a file is given
-
-        load_backbone(model, pretrained, source="mit")
-    return model
-
-
-@register("alignseg", "r101", default=True, num_classes=19,
+@register("alignseg", "r101", pretrained_source=PRETRAINED_SOURCE, default=True, num_classes=19,
           description="official: ResNet-101 deep stem, output stride 32, RRB/CAB/CAM decoder at stride 4")
-def build_alignseg_r101(
-    num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False
-) -> AlignSeg:
-    """The official ``Seg_Model(num_classes)``; ``pretrained`` = MIT ``resnet101-imagenet.pth``."""
-    return _with_backbone(AlignSeg(num_classes, DEPTHS[101], legacy_offset_order=legacy_offset_order), pretrained)
+def build_alignseg_r101(num_classes: int = 19, legacy_offset_order: bool = False) -> AlignSeg:
+    """The official ``Seg_Model(num_classes)``."""
+    return AlignSeg(num_classes, DEPTHS[101], legacy_offset_order=legacy_offset_order)
 
 
-@register("alignseg", "tiny", num_classes=19, description="same head, 1-block stages of width 8..64, 16 head channels")
-def build_alignseg_tiny(
-    num_classes: int = 19, pretrained: str | None = None, legacy_offset_order: bool = False
-) -> AlignSeg:
+@register("alignseg", "tiny", pretrained_source=PRETRAINED_SOURCE, num_classes=19,
+          description="same head, 1-block stages of width 8..64, 16 head channels")
+def build_alignseg_tiny(num_classes: int = 19, legacy_offset_order: bool = False) -> AlignSeg:
     """A small model with the official head structure, for fast tests and smoke runs."""
-    model = AlignSeg(
+    return AlignSeg(
         num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=16,
         legacy_offset_order=legacy_offset_order,
     )
-    return _with_backbone(model, pretrained)

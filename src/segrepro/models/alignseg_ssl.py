@@ -30,10 +30,12 @@ from segrepro.errors import UserError
 from segrepro.models.alignseg_ssl_blocks import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, foreground_masks
 from segrepro.models.backbones.vit import VisionTransformer, vit_small, vit_tiny
 from segrepro.models.outputs import SegOutput
-from segrepro.models.pretrained import load_backbone
 from segrepro.models.registry import register
 
 PAIRINGS = ("fixed", "official")
+# ``build(..., pretrained=)`` file layout: Facebook's DINO ViT-S/16 ``dino_deitsmall16_pretrain.pth``
+# (the configs' ``dino_vitsmall16.pth``), loaded into ``backbone.*``.
+PRETRAINED_SOURCE = "dino"
 
 
 def l2n(t: Tensor) -> Tensor:
@@ -149,32 +151,25 @@ def full_labels(scores: Tensor, size: tuple[int, int]) -> Tensor:
     return probs.argmax(dim=1)
 
 
-def _build(backbone: VisionTransformer, num_classes: int, pretrained: str | None, pairing: str, **cfg: int) -> AlignSegSSL:
-    model = AlignSegSSL(backbone, num_queries=num_classes, pairing=pairing, **cfg)
-    if pretrained is not None:
-        load_backbone(model, pretrained, source="dino")
-    return model
-
-
-@register("alignseg_ssl", "voc", default=True, num_classes=5,
+@register("alignseg_ssl", "voc", pretrained_source=PRETRAINED_SOURCE, default=True, num_classes=5,
           description="configs/eval_voc_config.yml: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 384 (VOC release)")
-def build_alignseg_ssl_voc(num_classes: int = 5, pretrained: str | None = None, pairing: str = "fixed") -> AlignSegSSL:
-    return _build(vit_small(16), num_classes, pretrained, pairing, decoder_heads=3, hidden_dim=384, num_decode_layers=1)
+def build_alignseg_ssl_voc(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
+    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=384, num_decode_layers=1, pairing=pairing)
 
 
-@register("alignseg_ssl", "coco27", num_classes=5,
+@register("alignseg_ssl", "coco27", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
           description="configs/eval_coco27_config.yml: DINO ViT-S/16, 5 queries, 3 decoder layers (last one used), FFN 768")
-def build_alignseg_ssl_coco27(num_classes: int = 5, pretrained: str | None = None, pairing: str = "fixed") -> AlignSegSSL:
-    return _build(vit_small(16), num_classes, pretrained, pairing, decoder_heads=3, hidden_dim=768, num_decode_layers=3)
+def build_alignseg_ssl_coco27(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
+    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=3, pairing=pairing)
 
 
-@register("alignseg_ssl", "train_voc", num_classes=5,
+@register("alignseg_ssl", "train_voc", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
           description="configs/train_{voc,coco}_config.yml layout: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 768")
-def build_alignseg_ssl_train_voc(num_classes: int = 5, pretrained: str | None = None, pairing: str = "fixed") -> AlignSegSSL:
-    return _build(vit_small(16), num_classes, pretrained, pairing, decoder_heads=3, hidden_dim=768, num_decode_layers=1)
+def build_alignseg_ssl_train_voc(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
+    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=1, pairing=pairing)
 
 
-@register("alignseg_ssl", "tiny", num_classes=5,
+@register("alignseg_ssl", "tiny", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
           description="2-block 48-wide ViT with patch 8 (random, frozen), 5 queries, FFN 64: CPU demo/tests")
-def build_alignseg_ssl_tiny(num_classes: int = 5, pretrained: str | None = None, pairing: str = "fixed") -> AlignSegSSL:
-    return _build(vit_tiny(8, 64), num_classes, pretrained, pairing, decoder_heads=3, hidden_dim=64, num_decode_layers=1)
+def build_alignseg_ssl_tiny(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
+    return AlignSegSSL(vit_tiny(8, 64), num_classes, decoder_heads=3, hidden_dim=64, num_decode_layers=1, pairing=pairing)

@@ -14,8 +14,11 @@ from torch import Tensor, nn
 from segrepro.models.ann_blocks import AFNB, APNB, PSP_SIZES, bn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.outputs import SegOutput
-from segrepro.models.pretrained import load_backbone
 from segrepro.models.registry import register
+
+# ``build(..., pretrained=)`` file layout: the MIT/CSAIL deep-stem ResNet the official code calls
+# 3x3resnet101-imagenet.pth (its split stem is renamed to ANN's ``prefix.`` keys on load).
+PRETRAINED_SOURCE = "mit"
 
 
 class ANN(nn.Module):
@@ -74,21 +77,16 @@ class ANN(nn.Module):
         return SegOutput(main, 1, {"dsn": aux}, {"dsn": 1})
 
 
-def _finish(model: ANN, pretrained: str | None) -> ANN:
-    if pretrained is not None:
-        load_backbone(model, pretrained, source="mit")
-    return model
+@register("ann", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
+          description="ResNet-101 (deep stem, OS 8, PSP dilation) + AFNB + APNB, official")
+def build_ann_r101(num_classes: int) -> ANN:
+    return ANN(num_classes)
 
 
-@register("ann", "r101", default=True, description="ResNet-101 (deep stem, OS 8, PSP dilation) + AFNB + APNB, official")
-def build_ann_r101(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return _finish(ANN(num_classes), pretrained)
-
-
-@register("ann", "tiny", description="ANN head on a 1-1-1-1 narrow ResNet, for CPU tests and demos")
-def build_ann_tiny(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    model = ANN(
+@register("ann", "tiny", pretrained_source=PRETRAINED_SOURCE,
+          description="ANN head on a 1-1-1-1 narrow ResNet, for CPU tests and demos")
+def build_ann_tiny(num_classes: int) -> ANN:
+    return ANN(
         num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
         key_channels=16, value_channels=16, context_channels=32, dsn_channels=32,
     )
-    return _finish(model, pretrained)

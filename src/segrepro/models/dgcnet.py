@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segrepro.models.gcn_blocks import ContextNet, build_variant
+from segrepro.models.gcn_blocks import PRETRAINED_SOURCE, ContextNet, build_variant
 from segrepro.models.registry import register
 
 
@@ -103,16 +103,19 @@ class DGCNet(ContextNet):
         )
 
 
-@register("dgcnet", "r101", default=True, description="DGCNet (DualGCN), deep-stem ResNet-101, output stride 8")
-def build_dgcnet_r101(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(DGCNet, "r101", num_classes, pretrained)
+@register("dgcnet", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
+          description="DGCNet (DualGCN), deep-stem ResNet-101, output stride 8")
+def build_dgcnet_r101(num_classes: int) -> DGCNet:
+    return build_variant(DGCNet, "r101", num_classes)
 
 
-@register("dgcnet", "r50", description="DGCNet (DualGCN), deep-stem ResNet-50, output stride 8")
-def build_dgcnet_r50(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(DGCNet, "r50", num_classes, pretrained)
+@register("dgcnet", "r50", pretrained_source=PRETRAINED_SOURCE,
+          description="DGCNet (DualGCN), deep-stem ResNet-50, output stride 8")
+def build_dgcnet_r50(num_classes: int) -> DGCNet:
+    return build_variant(DGCNet, "r50", num_classes)
 
 
-@register("dgcnet", "tiny", description="DGCNet head on a shallow, narrow ResNet (tests and smoke runs)")
-def build_dgcnet_tiny(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(DGCNet, "tiny", num_classes, pretrained)
+@register("dgcnet", "tiny", pretrained_source=PRETRAINED_SOURCE,
+          description="DGCNet head on a shallow, narrow ResNet (tests and smoke runs)")
+def build_dgcnet_tiny(num_classes: int) -> DGCNet:
+    return build_variant(DGCNet, "tiny", num_classes)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segrepro.models.gcn_blocks import ContextNet, build_variant
+from segrepro.models.gcn_blocks import PRETRAINED_SOURCE, ContextNet, build_variant
 from segrepro.models.registry import register
 
 # Three unpadded stride-2 3×3 convs need a map of at least 15 px (15 → 7 → 3 → 1); one needs 3.
@@ -109,8 +109,8 @@ class GALDNet(ContextNet):
       four ``gald.md`` counts). Here the chains' input is resized up instead (:func:`at_least`), so the
       ``tiny`` variant and small crops work, and every size the official code accepts gives its numbers.
     * Official bug fixed: ``train_gald_r_101_city_finetrain.sh`` initialises R101 from
-      ``resnet50-deep.pth`` (layer3 blocks 6–22 silently stay random). The builders pass the file to a
-      loader that refuses a depth mismatch.
+      ``resnet50-deep.pth`` (layer3 blocks 6–22 silently stay random). ``build(..., pretrained=)`` loads
+      through :func:`~segrepro.models.pretrained.load_backbone`, which refuses a depth mismatch.
     """
 
     def __init__(self, num_classes: int = 19, *, groups: int = 8, **config: Any) -> None:
@@ -119,16 +119,19 @@ class GALDNet(ContextNet):
         )
 
 
-@register("gald", "r101", default=True, description="GALD-Net, deep-stem ResNet-101, output stride 8")
-def build_gald_r101(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(GALDNet, "r101", num_classes, pretrained)
+@register("gald", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
+          description="GALD-Net, deep-stem ResNet-101, output stride 8")
+def build_gald_r101(num_classes: int) -> GALDNet:
+    return build_variant(GALDNet, "r101", num_classes)
 
 
-@register("gald", "r50", description="GALD-Net, deep-stem ResNet-50, output stride 8")
-def build_gald_r50(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(GALDNet, "r50", num_classes, pretrained)
+@register("gald", "r50", pretrained_source=PRETRAINED_SOURCE,
+          description="GALD-Net, deep-stem ResNet-50, output stride 8")
+def build_gald_r50(num_classes: int) -> GALDNet:
+    return build_variant(GALDNet, "r50", num_classes)
 
 
-@register("gald", "tiny", description="GALD-Net head on a shallow, narrow ResNet (tests and smoke runs)")
-def build_gald_tiny(num_classes: int, pretrained: str | None = None) -> nn.Module:
-    return build_variant(GALDNet, "tiny", num_classes, pretrained)
+@register("gald", "tiny", pretrained_source=PRETRAINED_SOURCE,
+          description="GALD-Net head on a shallow, narrow ResNet (tests and smoke runs)")
+def build_gald_tiny(num_classes: int) -> GALDNet:
+    return build_variant(GALDNet, "tiny", num_classes)

@@ -10,15 +10,18 @@ so they are constructor arguments here and nothing is written twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.outputs import SegOutput
-from segrepro.models.pretrained import load_backbone
 
 OUTPUT_STRIDE = 8
+# ``build(..., pretrained=)`` file layout for both methods: the repository's ``resnet{50,101}-deep.pth``
+# (sequential ``conv1.{0,1,3,4,6}`` + ``bn1`` stem).
+PRETRAINED_SOURCE = "gald-deep"
 
 # Constructor arguments of each registered variant, the same for both methods. ``tiny`` keeps the head
 # structure on a shallow, narrow backbone for tests and smoke runs.
@@ -108,13 +111,9 @@ class ContextNet(ResNet):
         return SegOutput(main, OUTPUT_STRIDE, aux={"dsn": self.dsn(c3)}, aux_strides={"dsn": OUTPUT_STRIDE})
 
 
-def build_variant(cls: type[ContextNet], variant: str, num_classes: int, pretrained: str | None) -> ContextNet:
-    """Build ``cls`` in ``variant``'s configuration and load a local ``resnet{50,101}-deep.pth``.
+Net = TypeVar("Net", bound=ContextNet)
 
-    The loader refuses a file of another depth: the official GALD-R101 script restores the R50 file,
-    which a ``strict=False`` load accepts while leaving layer3 blocks 6–22 at random init.
-    """
-    model = cls(num_classes, **VARIANT_CONFIGS[variant])
-    if pretrained is not None:
-        load_backbone(model, pretrained, source="gald-deep")
-    return model
+
+def build_variant(cls: type[Net], variant: str, num_classes: int) -> Net:
+    """``cls`` in ``variant``'s :data:`VARIANT_CONFIGS` configuration, randomly initialised."""
+    return cls(num_classes, **VARIANT_CONFIGS[variant])

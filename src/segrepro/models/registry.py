@@ -1,8 +1,10 @@
 """Build models by name (timm-style): ``build("ann", variant="r101", num_classes=19)``.
 
 Each method module registers one builder per variant with :func:`register`. The builder takes plain
-constructor arguments; the mapping from a method/variant name to those arguments lives only here
-and in the method's own module.
+constructor arguments and returns the randomly initialised model; the mapping from a method/variant name
+to those arguments lives only here and in the method's own module. Loading a pretrained backbone file is
+the same for every builder but for the file layout, so the registration names that layout
+(``pretrained_source``) and :func:`build` does the loading once, for all methods.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from segrepro.errors import UserError
+from segrepro.models.pretrained import load_backbone
 
 METHOD_MODULES: tuple[str, ...] = ("alignseg", "acfnet", "gald", "dgcnet", "ann", "alignseg_ssl")
 
@@ -26,6 +29,7 @@ class VariantSpec:
     variant: str
     builder: Callable[..., nn.Module]
     default_num_classes: int
+    pretrained_source: str
     description: str = ""
 
 
@@ -34,12 +38,24 @@ _DEFAULT_VARIANT: dict[str, str] = {}
 
 
 def register(
-    method: str, variant: str, *, default: bool = False, num_classes: int = 19, description: str = ""
+    method: str,
+    variant: str,
+    *,
+    pretrained_source: str,
+    default: bool = False,
+    num_classes: int = 19,
+    description: str = "",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder(num_classes=..., pretrained=...) -> nn.Module``."""
+    """Decorator registering ``builder(num_classes=..., **kwargs) -> nn.Module`` (random init).
+
+    ``pretrained_source`` is the :func:`~segrepro.models.pretrained.load_backbone` source (file layout)
+    that :func:`build` reads a ``pretrained`` file with, so builders never load weights themselves.
+    """
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY.setdefault(method, {})[variant] = VariantSpec(method, variant, builder, num_classes, description)
+        _REGISTRY.setdefault(method, {})[variant] = VariantSpec(
+            method, variant, builder, num_classes, pretrained_source, description
+        )
         if default:
             _DEFAULT_VARIANT[method] = variant
         return builder
@@ -84,6 +100,10 @@ def get_spec(method: str, variant: str | None = None) -> VariantSpec:
 
 
 def build(method: str, num_classes: int | None = None, variant: str | None = None, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Build ``method``/``variant``. ``pretrained`` is a local backbone file (never downloaded)."""
+    """Build ``method``/``variant``. ``pretrained`` is a local backbone file (never downloaded), read in the
+    variant's ``pretrained_source`` layout; ``kwargs`` go to the builder."""
     spec = get_spec(method, variant)
-    return spec.builder(num_classes=num_classes or spec.default_num_classes, pretrained=pretrained, **kwargs)
+    model = spec.builder(num_classes=num_classes or spec.default_num_classes, **kwargs)
+    if pretrained is not None:
+        load_backbone(model, pretrained, source=spec.pretrained_source)
+    return model
