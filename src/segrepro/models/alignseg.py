@@ -115,10 +115,10 @@ def build_alignseg_r101(num_classes: int = 19, legacy_offset_order: bool = False
 
 
 @register("alignseg", "tiny", pretrained_source=PRETRAINED_SOURCE, num_classes=19,
-          description="same head, 1-block stages of width 8..64, 16 head channels")
+          description="same head, 1-block stages of width 8..64, 32 head channels")
 def build_alignseg_tiny(num_classes: int = 19, legacy_offset_order: bool = False) -> AlignSeg:
     """A small model with the official head structure, for fast tests and smoke runs."""
     return AlignSeg(
-        num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=16,
+        num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=32,
         legacy_offset_order=legacy_offset_order,
     )
