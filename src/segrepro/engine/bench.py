@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from segrepro.engine.objectives import supervised
+from segrepro.engine.objectives import self_supervised, supervised
 from segrepro.models import build
 
 
@@ -38,12 +38,20 @@ def bench_train(cfg: Mapping[str, Any], device: str = "cpu", iterations: int = 5
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(dev)
-    objective = supervised(cfg, model)
+    g = torch.Generator().manual_seed(0)
+    if cfg.get("objective") == "self_supervised":
+        # One global + two local views per image (MultiCrop's defaults), each resized to the crop.
+        objective = self_supervised(cfg, model, num_samples=b * iterations)
+        sample: dict[str, Any] = {"crops": [torch.randn(b, 3, *hw, generator=g) for _ in range(3)]}
+    else:
+        objective = supervised(cfg, model)
+        with torch.no_grad():  # eval mode: a 1-image probe would break BatchNorm after global pooling
+            num_classes = model.eval()(torch.zeros(1, 3, 64, 64, device=dev)).main.shape[1]
+        model.train()
+        sample = {"image": torch.randn(b, 3, *hw, generator=g),
+                  "label": torch.randint(0, num_classes, (b, *hw), generator=g)}
     for m in objective.modules:
         m.to(dev)
-    num_classes = model(torch.zeros(1, 3, 64, 64, device=dev)).main.shape[1]
-    g = torch.Generator().manual_seed(0)
-    sample = {"image": torch.randn(b, 3, *hw, generator=g), "label": torch.randint(0, num_classes, (b, *hw), generator=g)}
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
