@@ -128,6 +128,16 @@ def test_bad_override_is_one_line(tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines() == ["error: --set 'oops': expected KEY=VALUE, e.g. --set train.ann.lr=0.005"]
 
 
+def test_one_image_micro_batch_with_global_pooling_is_one_line(cityscapes: Path, tmp_path: Path) -> None:
+    # GALD's official recipe holds one image per GPU (SyncBN over 8); on one process that cannot train.
+    res = subprocess.run(_train_cmd("gald", cityscapes, tmp_path / "run", "--set", "train.gald.per_gpu_batch=1"),
+                         env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: a micro-batch of 1 image(s)")
+    assert "train.gald.per_gpu_batch=2" in errors[0]
+
+
 def test_unreachable_tracking_server_fails_fast(cityscapes: Path, tmp_path: Path) -> None:
     from tests.servers import free_port
 

@@ -54,6 +54,19 @@ class TrainResult:
     seconds_per_iter: float = float("nan")
 
 
+def _micro_loss(objective: Objective, net: nn.Module, batch: Any, device: torch.device, cfg: Mapping[str, Any],
+                micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective's loss; a micro-batch too small for train-mode BatchNorm becomes a UserError with the fix."""
+    try:
+        return objective.loss(net, batch, device)
+    except ValueError as err:
+        if "Expected more than 1 value per channel" not in str(err):
+            raise
+        raise UserError(f"a micro-batch of {micro} image(s) per process is too small for {cfg['method']}'s BatchNorm "
+                        f"after global pooling; use --set train.{cfg['method']}.per_gpu_batch=2 (the global batch is "
+                        "kept by accumulation) or more processes") from None
+
+
 def _micro_seed(seed: int, iteration: int, micro_index: int) -> int:
     return (seed * 1_000_003 + iteration * 9_973 + micro_index) % (2**63 - 1)
 
@@ -144,63 +157,64 @@ def train(
     ckpt_every = int(cfg.get("checkpoint_every", 1000))
     result = TrainResult(start, out_dir)
     model.train()
-    bar = tqdm(total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True, desc=f"train {cfg.get('method', '')}")
     t0, images_done = time.perf_counter(), 0
     history = _open_history(out_dir / "train_log.csv", start) if dist.is_main else None
-    for it in range(start, iters):
-        lr = objective.set_lr(it)
-        totals = torch.zeros(1, device=device)
-        parts_sum: dict[str, float] = {}
-        for a in range(accum):
-            batch = next(batches)
-            torch.manual_seed(_micro_seed(seed, it, a * dist.world_size + dist.rank))
-            sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else net.no_sync()
-            with sync:
-                with _autocast(device, amp):
-                    loss, parts = objective.loss(net, batch, device)
-                scaler.scale(loss / accum).backward()
-            totals += loss.detach()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / accum
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        mean_loss = float(all_reduce_sum(totals)) / (accum * dist.world_size)
-        if not math.isfinite(mean_loss):
-            last = ckpts.paths()[-1] if ckpts.paths() else None
-            raise TrainingDiverged(
-                f"loss became {mean_loss} at iteration {it + 1}; stopped. Last good checkpoint: {last or 'none'}. "
-                "Lower the lr (--set train.<method>.optimizer.lr=...) or check the data"
-            )
-        result.losses.append(mean_loss)
-        images_done += global_batch
-        if history is not None:
-            history.write(f"{it + 1},{mean_loss:.8g},{lr:.8g}\n")
-            history.flush()
-        if dist.is_main:
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_done / max(elapsed, 1e-9):.1f}")
-            bar.update(1)
-        if tracker is not None and ((it + 1) % log_every == 0 or it + 1 == iters):
-            elapsed = time.perf_counter() - t0
-            metrics = {"loss": mean_loss, "lr": lr, "img_per_s": images_done / max(elapsed, 1e-9), **parts_sum}
-            if device.type == "cuda":
-                metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            tracker.log_metrics(metrics, step=it + 1)
-        if (it + 1) % ckpt_every == 0 or it + 1 == iters:
-            rngs = gather_objects(rng_state())
+    # A context manager: an error (divergence, a too-small micro-batch) closes the bar before its message.
+    with tqdm(total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True,
+              desc=f"train {cfg.get('method', '')}") as bar:
+        for it in range(start, iters):
+            lr = objective.set_lr(it)
+            totals = torch.zeros(1, device=device)
+            parts_sum: dict[str, float] = {}
+            for a in range(accum):
+                batch = next(batches)
+                torch.manual_seed(_micro_seed(seed, it, a * dist.world_size + dist.rank))
+                sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else net.no_sync()
+                with sync:
+                    with _autocast(device, amp):
+                        loss, parts = _micro_loss(objective, net, batch, device, cfg, micro)
+                    scaler.scale(loss / accum).backward()
+                totals += loss.detach()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / accum
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss = float(all_reduce_sum(totals)) / (accum * dist.world_size)
+            if not math.isfinite(mean_loss):
+                last = ckpts.paths()[-1] if ckpts.paths() else None
+                raise TrainingDiverged(
+                    f"loss became {mean_loss} at iteration {it + 1}; stopped. Last good checkpoint: {last or 'none'}. "
+                    "Lower the lr (--set train.<method>.optimizer.lr=...) or check the data"
+                )
+            result.losses.append(mean_loss)
+            images_done += global_batch
+            if history is not None:
+                history.write(f"{it + 1},{mean_loss:.8g},{lr:.8g}\n")
+                history.flush()
             if dist.is_main:
-                path = ckpts.save(it + 1, {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "iteration": it + 1,
-                    "schedule": {"lr": lr, "max_iters": iters},
-                    "sampler": {"consumed_per_rank": (it + 1) * accum * micro, "seed": seed},
-                    "rng": rngs,
-                })
-                result.final_checkpoint = path
-    bar.close()
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_done / max(elapsed, 1e-9):.1f}")
+                bar.update(1)
+            if tracker is not None and ((it + 1) % log_every == 0 or it + 1 == iters):
+                elapsed = time.perf_counter() - t0
+                metrics = {"loss": mean_loss, "lr": lr, "img_per_s": images_done / max(elapsed, 1e-9), **parts_sum}
+                if device.type == "cuda":
+                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                tracker.log_metrics(metrics, step=it + 1)
+            if (it + 1) % ckpt_every == 0 or it + 1 == iters:
+                rngs = gather_objects(rng_state())
+                if dist.is_main:
+                    path = ckpts.save(it + 1, {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "iteration": it + 1,
+                        "schedule": {"lr": lr, "max_iters": iters},
+                        "sampler": {"consumed_per_rank": (it + 1) * accum * micro, "seed": seed},
+                        "rng": rngs,
+                    })
+                    result.final_checkpoint = path
     if history is not None:
         history.close()
     result.iterations = iters
