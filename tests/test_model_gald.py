@@ -1,4 +1,4 @@
-"""GALD-Net: manifest keys and official numbers (R50, R101), the GALD block's parts, tiny train/eval."""
+"""GALD-Net's GALD block parts and pretrained loading; its fixtures and tiny contract are in test_model_contextnet.py."""
 
 from __future__ import annotations
 
@@ -6,42 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_fixtures import assert_manifest_keys, assert_matches, evaluate_with_layer3_dsn
 
 from segrepro.errors import MissingWeightsError, UserError
-from segrepro.models import SegOutput, build
+from segrepro.models import build
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.gald import LOCAL_MIN_SIZE, GALDBlock, LocalAttenModule, SpatialCGNL, at_least
 from segrepro.models.gcn_blocks import ContextHead
-
-
-@pytest.fixture(scope="module", params=["r50", "r101"])
-def official(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
-    """Each official model built once per module (R101 at 369×401 is the slowest fixture)."""
-    return request.param, build("gald", variant=request.param)
-
-
-@pytest.fixture(scope="module")
-def evaluated(official: tuple[str, torch.nn.Module], fixtures_dir: Path) -> dict:
-    """Fixture weights, one eval forward on input.npy; layer3 captured by a hook for ``dsn``."""
-    variant, model = official
-    result = evaluate_with_layer3_dsn(model, fixtures_dir, "gald", variant)
-    return result
-
-
-def test_manifest_keys(official: tuple[str, torch.nn.Module], fixtures_dir: Path) -> None:
-    variant, model = official
-    assert_manifest_keys(model, fixtures_dir / "gald" / f"manifest_{variant}.json")
-
-
-def test_official_main_output(evaluated: dict, fixtures_dir: Path) -> None:
-    out = evaluated["out"]
-    assert isinstance(out, SegOutput) and out.stride == 8 and out.aux == {}
-    assert_matches(out.main, fixtures_dir / "gald" / f"output_{evaluated['variant']}.npy")
-
-
-def test_official_dsn_output(evaluated: dict, fixtures_dir: Path) -> None:
-    assert_matches(evaluated["dsn"], fixtures_dir / "gald" / f"aux_dsn_{evaluated['variant']}.npy")
 
 
 def test_cgnl_matches_per_group_formula() -> None:
@@ -95,18 +65,6 @@ def test_head_shapes() -> None:
     head = ContextHead(16, 8, 5, "a2block", GALDBlock(8, 4, groups=4)).eval()
     assert head(torch.randn(2, 16, 45, 45)).shape == (2, 5, 45, 45)
     assert [k for k in head.state_dict() if k.startswith("a2block.down.")][0] == "a2block.down.0.weight"
-
-
-def test_tiny_train_and_eval() -> None:
-    model = build("gald", variant="tiny", num_classes=5).train()
-    out = model(torch.randn(2, 3, 64, 64))
-    assert out.main.shape == (2, 5, 9, 9) and out.stride == 8  # 64 → 32 → 17 (ceil-mode pool) → 9
-    assert set(out.aux) == {"dsn"} and out.aux["dsn"].shape == (2, 5, 9, 9) and out.aux_strides == {"dsn": 8}
-    (out.main.mean() + 0.4 * out.aux["dsn"].mean()).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    with torch.no_grad():
-        ev = model.eval()(torch.randn(1, 3, 64, 64))
-    assert ev.aux == {} and torch.isfinite(ev.main).all()
 
 
 def test_pretrained_file_loads_and_depth_mismatch_is_refused(tmp_path: Path) -> None:
