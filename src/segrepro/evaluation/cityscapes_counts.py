@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from segrepro.data import cityscapes_labels as csl
-from segrepro.evaluation.confusion import bincount_confusion
+from segrepro.evaluation.confusion import LANES, bincount_confusion
 
 N = csl.NUM_LABEL_IDS  # 34 labelIds, 0..33
 FIRST_INST = min(lab.id for lab in csl.LABELS if lab.hasInstances)  # 24 (person): instance classes are 24..33
 N_CODES = N - FIRST_INST + 1  # predicted-id codes: 0 = below 24, 1..10 = labelIds 24..33
 ROW_BASE = FIRST_INST * 1000 - 1  # instance ids below FIRST_INST*1000 belong to no instance class
-LANES = 4
 
 
 def _tables() -> dict[str, np.ndarray]:
@@ -91,7 +90,8 @@ def _count(pred: np.ndarray, gt: np.ndarray, inst: np.ndarray,
     present = np.zeros(n_rows, dtype=np.bool_)
     for r in range(1, n_rows):
         for c in range(N_CODES):
-            total[r, c] = hist[0, r, c] + hist[1, r, c] + hist[2, r, c] + hist[3, r, c]
+            for lane in range(LANES):
+                total[r, c] += hist[lane, r, c]
             present[r] |= total[r, c] > 0
     rows = np.nonzero(present)[0]
     return conf.sum(axis=0).astype(np.int64).reshape(N, N), rows + ROW_BASE, total[rows]
