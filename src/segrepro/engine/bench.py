@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from segrepro.engine.objectives import self_supervised, supervised
-from segrepro.models import build
+from segrepro.models import build, get_spec
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -45,9 +45,7 @@ def bench_train(cfg: Mapping[str, Any], device: str = "cpu", iterations: int = 5
         sample: dict[str, Any] = {"crops": [torch.randn(b, 3, *hw, generator=g) for _ in range(3)]}
     else:
         objective = supervised(cfg, model)
-        with torch.no_grad():  # eval mode: a 1-image probe would break BatchNorm after global pooling
-            num_classes = model.eval()(torch.zeros(1, 3, 64, 64, device=dev)).main.shape[1]
-        model.train()
+        num_classes = get_spec(str(cfg["method"]), cfg.get("variant")).default_num_classes  # as built above
         sample = {"image": torch.randn(b, 3, *hw, generator=g),
                   "label": torch.randint(0, num_classes, (b, *hw), generator=g)}
     for m in objective.modules:
