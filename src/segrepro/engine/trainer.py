@@ -64,7 +64,7 @@ def _micro_loss(objective: Objective, net: nn.Module, batch: Any, device: torch.
             raise
         raise UserError(f"a micro-batch of {micro} image(s) per process is too small for {cfg['method']}'s BatchNorm "
                         f"after global pooling; use --set train.{cfg['method']}.per_gpu_batch=2 (the global batch is "
-                        "kept by accumulation) or more processes") from None
+                        "kept by accumulation), or train on several GPUs, where SyncBatchNorm pools them") from None
 
 
 def _micro_seed(seed: int, iteration: int, micro_index: int) -> int:
