@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from segrepro.engine.losses import build_criterion
 from segrepro.engine.schedule import build_optimizer, set_lr
+from segrepro.errors import UserError
 
 LossFn = Callable[[nn.Module, Mapping[str, Any], torch.device], tuple[Tensor, dict[str, Tensor]]]
 
@@ -40,7 +41,17 @@ def supervised(cfg: Mapping[str, Any], model: nn.Module, head_prefixes: tuple[st
         if device.type == "cuda":
             image = image.contiguous(memory_format=torch.channels_last)
         label = batch["label"].to(device, non_blocking=True).long()
-        return criterion(net(image), label)
+        try:
+            out = net(image)
+        except ValueError as err:  # train-mode BatchNorm after global pooling needs 2+ values per channel
+            if "Expected more than 1 value per channel" not in str(err):
+                raise
+            method = cfg.get("method", "<method>")
+            raise UserError(f"a micro-batch of {image.shape[0]} image(s) per process is too small for {method}'s "
+                            f"BatchNorm after global pooling; use --set train.{method}.per_gpu_batch=2 (the global "
+                            "batch is kept by accumulation), or train on several GPUs, where SyncBatchNorm pools "
+                            "them") from None
+        return criterion(out, label)
 
     return Objective(optimizer, lambda it: set_lr(optimizer, base, it, iters, power), loss, (criterion,))
 

@@ -54,19 +54,6 @@ class TrainResult:
     seconds_per_iter: float = float("nan")
 
 
-def _micro_loss(objective: Objective, net: nn.Module, batch: Any, device: torch.device, cfg: Mapping[str, Any],
-                micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The objective's loss; a micro-batch too small for train-mode BatchNorm becomes a UserError with the fix."""
-    try:
-        return objective.loss(net, batch, device)
-    except ValueError as err:
-        if "Expected more than 1 value per channel" not in str(err):
-            raise
-        raise UserError(f"a micro-batch of {micro} image(s) per process is too small for {cfg['method']}'s BatchNorm "
-                        f"after global pooling; use --set train.{cfg['method']}.per_gpu_batch=2 (the global batch is "
-                        "kept by accumulation), or train on several GPUs, where SyncBatchNorm pools them") from None
-
-
 def _micro_seed(seed: int, iteration: int, micro_index: int) -> int:
     return (seed * 1_000_003 + iteration * 9_973 + micro_index) % (2**63 - 1)
 
@@ -172,7 +159,7 @@ def train(
                 sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else net.no_sync()
                 with sync:
                     with _autocast(device, amp):
-                        loss, parts = _micro_loss(objective, net, batch, device, cfg, micro)
+                        loss, parts = objective.loss(net, batch, device)
                     scaler.scale(loss / accum).backward()
                 totals += loss.detach()
                 for k, v in parts.items():
