@@ -132,6 +132,22 @@ def models_cmd() -> None:
                        f"pretrained: {spec.pretrained_source:<9} {spec.description}{mark}")
 
 
+@app.command("recipes")
+def recipes_cmd(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per recipe (method, recipe, dataset, split, "
+                                 "protocol, paper_mIoU, paper_split, source, ...)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+) -> None:
+    """List every (method, recipe): dataset, split, protocol, paper number and its source, CPU twin."""
+    import json
+
+    from segrepro.engine.config import load_params
+    from segrepro.tracking.recipe_table import format_rows, recipe_rows
+
+    rows = recipe_rows(load_params(params))
+    typer.echo(json.dumps(rows, indent=1, ensure_ascii=False) if as_json else format_rows(rows))
+
+
 @app.command("train")
 def train_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann (see `segrepro models`)."),
