@@ -63,7 +63,7 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
     assert (work / "runs" / "alignseg" / "submission.zip").is_file()
     board = json.loads((work / "leaderboard" / "metrics.json").read_text())
     assert set(board) == {"alignseg/demo", "ann/demo"}
-    assert "n/a (synthetic)" in (work / "leaderboard" / "leaderboard.md").read_text()
+    assert "synthetic stand-in" in (work / "leaderboard" / "leaderboard.md").read_text()
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     alignseg_model = lock["train@alignseg"]["outs"]
 

@@ -161,6 +161,7 @@ def leaderboard(
     """Collect the run folders of ``methods`` (params.yaml ``methods:``) into the leaderboard files;
     log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
     from segrepro.tracking.leaderboard import build_leaderboard, write_outputs
+    from segrepro.tracking.paper_results import paper_index
     from segrepro.tracking.registry import log_leaderboard, mlflow_run_info
 
     params = load_params(params_path) if Path(params_path).is_file() else {}
@@ -172,7 +173,7 @@ def leaderboard(
         if summary_path.is_file():
             run_ids[name] = str(json.loads(summary_path.read_text()).get("mlflow_run_id") or "")
     info = mlflow_run_info(run_ids.values()) if log_mlflow else {}
-    table = build_leaderboard(runs, names or None, info)
+    table = build_leaderboard(runs, names or None, info, paper_index(params))
     files = write_outputs(table, Path(out))
     summary: dict[str, Any] = {"rows": len(table), "files": {k: str(v) for k, v in files.items()}}
     if log_mlflow:

@@ -19,10 +19,11 @@ import yaml
 
 from segrepro.errors import UserError
 from segrepro.io import atomic_write_text
-from segrepro.tracking.paper_results import paper_label, paper_result, spec_reference
+from segrepro.tracking.paper_results import PaperResult, no_delta_reason, paper_label
 
 SUMMARY_COLUMNS = [
-    "method", "recipe", "dataset", "backbone", "protocol", "paper_mIoU", "paper_source", "mIoU", "delta",
+    "method", "recipe", "dataset", "split", "backbone", "protocol", "paper_mIoU", "paper_split", "paper_source",
+    "mIoU", "delta", "delta_note", "archive",
     "iIoU", "category_IoU", "params_M", "GFLOPs", "train_s_per_iter", "eval_img_per_s", "peak_mem_MB",
     "train_hours", "git_sha", "data_hash", "mlflow_run",
 ]
@@ -68,8 +69,10 @@ def model_size(method: str, variant: str, dataset: str, num_classes: int | None)
     return params, gflops
 
 
-def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """One leaderboard row from a run folder; None when it has neither training nor evaluation results."""
+def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
+            papers: dict[tuple[str, str], PaperResult] | None = None) -> dict[str, Any] | None:
+    """One leaderboard row from a run folder; None when it has neither training nor evaluation results.
+    ``papers`` (:func:`~segrepro.tracking.paper_results.paper_index`) gives the published numbers."""
     config_path = run_dir / "config.yaml"
     summary = _read_json(run_dir / "train_summary.json")
     evaluation = _read_json(run_dir / "eval" / "eval_summary.json")
@@ -83,23 +86,28 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[st
 
     # the self-supervised method's comparable number is the official per-image protocol
     miou = _first(evaluation, "mIoU", "official_per_image_majority_mIoU")
-    protocol = f"{evaluation.get('split', '')} {evaluation.get('protocol', '')}".strip()
+    split = str(evaluation.get("split") or "")
+    protocol = str(evaluation.get("protocol") or "")
     if miou is None and summary.get("val_mIoU") is not None:
-        miou, protocol = summary["val_mIoU"], "quick val (training)"
+        miou, split, protocol = summary["val_mIoU"], str(cfg.get("val_split") or "val"), "quick val (training)"
+    archive = run_dir / "submission.zip"
     row: dict[str, Any] = {
-        "method": method, "recipe": recipe, "dataset": dataset, "backbone": variant, "protocol": protocol,
-        "mIoU": _pct(miou), "iIoU": _pct(_first(evaluation, "iIoU")),
-        "category_IoU": _pct(_first(evaluation, "category_IoU")),
+        "method": method, "recipe": recipe, "dataset": dataset, "split": split, "backbone": variant,
+        "protocol": f"{split} {protocol}".strip(), "mIoU": _pct(miou), "iIoU": _pct(_first(evaluation, "iIoU")),
+        "category_IoU": _pct(_first(evaluation, "category_IoU")), "archive": str(archive) if archive.is_file() else "",
     }
-    paper = paper_result(method, recipe)
+    paper = (papers or {}).get((method, recipe))
+    row["delta"] = math.nan
     if paper is not None:
-        row["paper_mIoU"] = paper.miou
-        row["paper_source"] = f"{paper.source}; {paper.split}, {paper.protocol} ({spec_reference(method)})"
-        row["delta"] = row["mIoU"] - paper.miou
+        row["paper_mIoU"], row["paper_split"] = paper.miou, paper.split
+        row["paper_source"] = f"{paper.source}; {paper.split}, {paper.protocol}"
+        synthetic = paper.twin_of is not None or variant == "tiny"
+        row["delta_note"] = no_delta_reason(paper, split, protocol, synthetic, row["archive"])
+        if not row["delta_note"]:
+            row["delta"] = row["mIoU"] - paper.miou
     else:
-        row["paper_mIoU"] = paper_label(method, recipe, variant)
-        row["paper_source"] = ""
-        row["delta"] = math.nan
+        row["paper_mIoU"], row["paper_split"], row["paper_source"] = paper_label(recipe, variant), "", ""
+        row["delta_note"] = "no Δ: no published number for this recipe"
     per_class = run_dir / "eval" / "per_class.csv"
     if per_class.is_file():
         for _, entry in pd.read_csv(per_class).iterrows():
@@ -120,15 +128,17 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None) -> dict[st
     return row
 
 
-def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
-    """Rows for ``methods`` (all run folders when None), sorted by reproduced mIoU."""
+def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[str, dict[str, str]] | None = None,
+                      papers: dict[tuple[str, str], PaperResult] | None = None) -> pd.DataFrame:
+    """Rows for ``methods`` (all run folders when None), grouped by dataset and split (like with like),
+    each group sorted by reproduced mIoU."""
     if not runs.is_dir():
         raise UserError(f"{runs}: runs folder not found; train and evaluate first (`dvc repro` or `segrepro train`)")
     folders = [runs / m for m in methods] if methods else sorted(p for p in runs.iterdir() if p.is_dir())
     rows = []
     for folder in folders:
         run_id = _read_json(folder / "train_summary.json").get("mlflow_run_id", "")
-        row = run_row(folder, (mlflow_info or {}).get(run_id))
+        row = run_row(folder, (mlflow_info or {}).get(run_id), papers)
         if row is not None:
             rows.append(row)
     if not rows:
@@ -136,7 +146,8 @@ def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[s
     table = pd.DataFrame(rows)
     class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
     table = table.reindex(columns=SUMMARY_COLUMNS + class_cols)
-    return table.sort_values("mIoU", ascending=False, na_position="last").reset_index(drop=True)
+    return table.sort_values(["dataset", "split", "mIoU"], ascending=[True, True, False],
+                             na_position="last").reset_index(drop=True)
 
 
 def _heat_color(value: float) -> str:
