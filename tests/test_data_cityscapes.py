@@ -71,6 +71,17 @@ def test_reader_samples(synthetic: tuple[Path, Path], split: str) -> None:
         np.testing.assert_array_equal(from_prepared, s["label"])
 
 
+def test_trainval_split_is_train_then_val(synthetic: tuple[Path, Path]) -> None:
+    """The test-server recipes' train + val split: both parts' images and labels, raw or prepared."""
+    root, prepared = synthetic
+    parts = [get_dataset("cityscapes", root, s, prepared=prepared) for s in ("train", "val")]
+    both = get_dataset("cityscapes", root, "trainval", prepared=prepared)
+    assert both.images == parts[0].images + parts[1].images
+    np.testing.assert_array_equal(both[len(parts[0])]["label"], parts[1][0]["label"])
+    assert both.label_path(len(parts[0])).parts[-3] == "val"
+    assert (prepared / "lists" / "trainval.txt").read_text().count("\n") == len(both)
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_every_evaluated_class_in_each_split(synthetic: tuple[Path, Path], split: str) -> None:
     ds = get_dataset("cityscapes", synthetic[0], split)

@@ -25,6 +25,7 @@ from segrepro.errors import UserError
 
 NAME = "cityscapes"
 SPLITS = ("train", "val", "test")
+COMBINED_SPLITS = {"trainval": ("train", "val")}  # the test-server recipes train on train + val (fine)
 CLASS_NAMES = tuple(class_names())
 IMAGE_DIR, GT_DIR = "leftImg8bit", "gtFine"
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -90,13 +91,15 @@ class CityscapesDataset(Dataset):
         with_instances: bool = False,
         transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise UserError(f"unknown Cityscapes split '{split}'; choose one of {', '.join(SPLITS)}")
+        if split not in SPLITS and split not in COMBINED_SPLITS:
+            raise UserError(f"unknown Cityscapes split '{split}'; choose one of "
+                            f"{', '.join((*SPLITS, *COMBINED_SPLITS))}")
         self.root, self.split = Path(root), split
         self.prepared = Path(prepared) if prepared is not None else None
         self.with_instances, self.transform = with_instances, transform
         self.has_labels = split != "test"
-        self.images = sorted((self.root / IMAGE_DIR / split).glob(f"*/*{IMAGE_SUFFIX}"))
+        parts = COMBINED_SPLITS.get(split, (split,))
+        self.images = [p for part in parts for p in sorted((self.root / IMAGE_DIR / part).glob(f"*/*{IMAGE_SUFFIX}"))]
         if not self.images:
             raise UserError(
                 f"{self.root / IMAGE_DIR / split}: no *{IMAGE_SUFFIX} images; check the dataset root "
@@ -117,11 +120,11 @@ class CityscapesDataset(Dataset):
         """The file the label of ``index`` is read from (prepared trainIds or raw labelIds)."""
         img = self.images[index]
         base, kind = (self.prepared, "labelTrainIds") if self.prepared is not None else (self.root, "labelIds")
-        return gt_path(base, self.split, img.parent.name, stem_of(img), kind)
+        return gt_path(base, img.parent.parent.name, img.parent.name, stem_of(img), kind)
 
     def instance_path(self, index: int) -> Path:
         img = self.images[index]
-        return gt_path(self.root, self.split, img.parent.name, stem_of(img), "instanceIds")
+        return gt_path(self.root, img.parent.parent.name, img.parent.name, stem_of(img), "instanceIds")
 
     def __getitem__(self, index: int) -> Any:
         img = self.images[index]
