@@ -66,8 +66,33 @@ def apply_overrides(params: dict[str, Any], assignments: Iterable[str]) -> dict[
     return params
 
 
+NOT_INHERITED = ("paper", "twin_of")  # a published number belongs to the recipe that states it, not to its children
+
+
+def merge_chain(recipes: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
+    """Recipe ``name`` merged over its ``extends`` chain (any depth; a cycle or unknown parent is one error).
+    :data:`NOT_INHERITED` keys come from ``name`` itself only."""
+    chain: list[Mapping[str, Any]] = []
+    seen: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise UserError(f"recipes.{method}: extends cycle {' → '.join([*seen, current])}; break the chain")
+        if current not in recipes:
+            raise UserError(f"recipes.{method}.{seen[-1]}.extends: unknown recipe {current!r}")
+        seen.append(current)
+        chain.append(recipes[current] or {})
+        current = chain[-1].get("extends")
+    merged: dict[str, Any] = {}
+    for depth, layer in reversed(list(enumerate(chain))):
+        skip = ("extends", *NOT_INHERITED) if depth else ("extends",)
+        merged = deep_merge(merged, {k: v for k, v in layer.items() if k not in skip})
+    return merged
+
+
 def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = None) -> dict[str, Any]:
-    """The full training config of ``method``: named recipe ← ``train.<method>`` overrides."""
+    """The full training config of ``method``: named recipe (over its ``extends`` chain) ← ``train.<method>``
+    overrides. A CPU twin (``twin_of``) records its official twin's ``paper`` block."""
     recipes = params.get("recipes", {}).get(method)
     if not recipes:
         known = ", ".join(params.get("recipes", {})) or "none"
@@ -77,10 +102,9 @@ def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = 
     local.pop("recipe", None)
     if name not in recipes:
         raise UserError(f"unknown recipe {name!r} for {method}; choose one of: {', '.join(recipes)}")
-    chosen = recipes[name]
-    base = recipes.get(chosen.get("extends")) if chosen.get("extends") else None
-    resolved = deep_merge(deep_merge(base or {}, chosen), local)
-    resolved.pop("extends", None)
+    resolved = deep_merge(merge_chain(recipes, method, name), local)
+    if resolved.get("twin_of") and not resolved.get("paper"):
+        resolved["paper"] = merge_chain(recipes, method, resolved["twin_of"]).get("paper")
     for key in OPTIMIZER_SHORTCUTS:  # `--set train.ann.lr=0.005` means the optimizer's lr
         if key in resolved:
             resolved.setdefault("optimizer", {})[key] = resolved.pop(key)

@@ -3,8 +3,7 @@
 Every published number lives in its recipe's ``paper:`` block in params.yaml (``docs/recipes.md`` says which
 file each value came from); results no recipe can reproduce are listed under ``unsupported:`` with the
 reason. A CPU twin ``demo_<suffix>`` names its official recipe with ``twin_of`` (``demo`` is the twin of
-``official``). The recipe is read from plain dicts in :func:`_resolved` only, so the listing follows
-whatever the recipe resolver does.
+``official``). Recipes are merged with the resolver's own :func:`~segrepro.engine.config.merge_chain`.
 """
 
 from __future__ import annotations
@@ -12,30 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segrepro.engine.config import deep_merge
-from segrepro.errors import UserError
+from segrepro.engine.config import merge_chain
 
-NOT_INHERITED = ("paper", "twin_of")  # a published number belongs to the recipe that states it, not to its children
 JSON_KEYS = ("method", "recipe", "dataset", "split", "protocol", "paper_mIoU", "paper_split", "source")
-
-
-def _resolved(recipes: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
-    """``name`` merged over its ``extends`` chain (any depth; a cycle is one error); :data:`NOT_INHERITED`
-    keys come from ``name`` itself only."""
-    chain, seen = [], []
-    while name is not None:
-        if name in seen:
-            raise UserError(f"recipes.{method}: extends cycle {' → '.join([*seen, name])}; break the chain")
-        if name not in recipes:
-            raise UserError(f"recipes.{method}.{seen[-1]}.extends: unknown recipe {name!r}")
-        seen.append(name)
-        chain.append(recipes[name] or {})
-        name = chain[-1].get("extends")
-    merged: dict[str, Any] = {}
-    for depth, layer in reversed(list(enumerate(chain))):
-        skip = ("extends", *NOT_INHERITED) if depth else ("extends",)
-        merged = deep_merge(merged, {k: v for k, v in layer.items() if k not in skip})
-    return merged
 
 
 def twin_name(name: str, recipes: Mapping[str, Any]) -> str | None:
@@ -71,11 +49,11 @@ def recipe_rows(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for method, recipes in (params.get("recipes") or {}).items():
         for name in recipes:
-            cfg = _resolved(recipes, method, name)
+            cfg = merge_chain(recipes, method, name)
             paper = cfg.get("paper") or {}
             twin_of = cfg.get("twin_of") or ("official" if name == "demo" else None)
             if twin_of and not paper:
-                paper = _resolved(recipes, method, twin_of).get("paper") or {}
+                paper = merge_chain(recipes, method, twin_of).get("paper") or {}
             split = eval_split(cfg)
             rows.append({
                 "method": method, "recipe": name, "dataset": cfg.get("dataset"),
