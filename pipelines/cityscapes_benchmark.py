@@ -19,12 +19,13 @@ PIPELINE_NAME = "cityscapes-benchmark"
 
 
 def default_methods(params_path: Path = Path("params.yaml")) -> list[str]:
-    """Methods of params.yaml whose official recipe trains on Cityscapes (the benchmark's set)."""
+    """Methods of the params.yaml ``benchmark:`` rows whose official recipe trains on Cityscapes."""
     from segrepro.engine.config import load_params
 
     params = load_params(params_path)
     recipes = params.get("recipes") or {}
-    return [m for m in params.get("methods", []) if (recipes.get(m, {}).get("official") or {}).get("dataset") == "cityscapes"]
+    methods = dict.fromkeys(row["method"] for row in (params.get("benchmark") or {}).values())
+    return [m for m in methods if (recipes.get(m, {}).get("official") or {}).get("dataset") == "cityscapes"]
 
 
 def _k8s(task: Any, cluster: ClusterConfig, image: Any, gpu: bool) -> Any:

@@ -18,7 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-METHODS = {"alignseg": "cityscapes", "ann": "cityscapes"}
+ROWS = {f"{m}-demo": {"method": m, "recipe": "demo", "dataset": "cityscapes"} for m in ("alignseg", "ann")}
 TINY = {"iterations": 2, "crop": 64, "batch_size": 2, "per_gpu_batch": 2, "workers": 0, "checkpoint_every": 1,
         "log_every": 1}
 
@@ -39,11 +39,11 @@ def _project(tmp: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", work)
     shutil.copytree(REPO / "src" / "segrepro", work / "src" / "segrepro", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["methods"] = dict(METHODS)
-    params["submit"] = ["alignseg"]
+    params["benchmark"] = dict(ROWS)
+    params["submit"] = {"alignseg-demo": {"method": "alignseg", "recipe": "demo"}}
     params["synth"] = {"cityscapes": {"size": "64x128", "split_sizes": "4,2,2", "seed": 0}}
-    for method in METHODS:
-        params["train"][method].update(TINY)
+    for row in ROWS.values():
+        params["train"][row["method"]].update(TINY)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
     return work
@@ -58,25 +58,25 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
     _run([str(BIN / "dvc"), "init", "-q"], work, env)
 
     first = _run([str(BIN / "dvc"), "repro"], work, env)
-    expected = {"synth@cityscapes", "leaderboard"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in METHODS}
-    assert _ran(first) == expected | {"submit@alignseg"}
-    assert (work / "runs" / "alignseg" / "submission.zip").is_file()
+    expected = {"synth@cityscapes", "leaderboard"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in ROWS}
+    assert _ran(first) == expected | {"submit@alignseg-demo"}
+    assert (work / "runs" / "alignseg-demo" / "submission.zip").is_file()
     board = json.loads((work / "leaderboard" / "metrics.json").read_text())
     assert set(board) == {"alignseg/demo", "ann/demo"}
     assert "synthetic stand-in" in (work / "leaderboard" / "leaderboard.md").read_text()
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    alignseg_model = lock["train@alignseg"]["outs"]
+    alignseg_model = lock["train@alignseg-demo"]["outs"]
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["ann"]["optimizer"] = {"lr": 0.02}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run([str(BIN / "dvc"), "status"], work, env)
-    assert "train@ann" in status and "train@alignseg" not in status
+    assert "train@ann-demo" in status and "train@alignseg-demo" not in status
     second = _run([str(BIN / "dvc"), "repro"], work, env)
-    assert _ran(second) == {"train@ann", "evaluate@ann", "leaderboard"}
+    assert _ran(second) == {"train@ann-demo", "evaluate@ann-demo", "leaderboard"}
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert lock["train@alignseg"]["outs"] == alignseg_model
-    assert lock["train@ann"]["params"]["params.yaml"]["train.ann"]["optimizer"] == {"lr": 0.02}
+    assert lock["train@alignseg-demo"]["outs"] == alignseg_model
+    assert lock["train@ann-demo"]["params"]["params.yaml"]["train.ann"]["optimizer"] == {"lr": 0.02}
 
     third = _run([str(BIN / "dvc"), "repro"], work, env)
     assert _ran(third) == set()

@@ -224,6 +224,7 @@ def submit_build_cmd(
     protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
     split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
@@ -232,7 +233,7 @@ def submit_build_cmd(
     """One 8-bit labelId PNG per image, zipped with a manifest.json; resumes after a crash."""
     from segrepro import stages
 
-    trained = stages.TrainedModel(method, checkpoint, variant, None, (), params, device, workers, tile_batch)
+    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch)
     summary = stages.submit_build(trained, data, out, protocol, split)
     typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
 

@@ -158,20 +158,21 @@ def leaderboard(
     runs: Path = Path("runs"), out: Path = Path("leaderboard"), params_path: Path = Path("params.yaml"),
     methods: Sequence[str] | None = None, log_mlflow: bool = True,
 ) -> dict[str, Any]:
-    """Collect the run folders of ``methods`` (params.yaml ``methods:``) into the leaderboard files;
-    log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
+    """Collect the run folders of ``methods`` (default: the params.yaml ``benchmark:`` rows, runs/<row>) into
+    the leaderboard files; log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
     from segrepro.tracking.leaderboard import build_leaderboard, write_outputs
     from segrepro.tracking.paper_results import paper_index
     from segrepro.tracking.registry import log_leaderboard, mlflow_run_info
 
     params = load_params(params_path) if Path(params_path).is_file() else {}
-    names = list(methods or params.get("methods") or [])
+    names = list(methods or params.get("benchmark") or [])
     runs = Path(runs)
     run_ids = {}
     for name in names or [p.name for p in runs.glob("*") if p.is_dir()]:
         summary_path = runs / name / "train_summary.json"
         if summary_path.is_file():
-            run_ids[name] = str(json.loads(summary_path.read_text()).get("mlflow_run_id") or "")
+            summary_json = json.loads(summary_path.read_text())
+            run_ids[str(summary_json.get("method") or name)] = str(summary_json.get("mlflow_run_id") or "")
     info = mlflow_run_info(run_ids.values()) if log_mlflow else {}
     table = build_leaderboard(runs, names or None, info, paper_index(params))
     files = write_outputs(table, Path(out))
