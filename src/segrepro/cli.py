@@ -39,10 +39,28 @@ def data_synth(
     split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4."),
     size: Optional[str] = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
     seed: int = typer.Option(0, "--seed", help="Same seed gives byte-identical files."),
+    profile: str = typer.Option("default", "--profile", help="default (small, all-or-nothing) or full (Cityscapes: "
+                                "the real split sizes, cities and 1024x2048, parallel and resumable)."),
+    fraction: float = typer.Option(1.0, "--fraction", help="--profile full: each city's official count times F."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--profile full: processes (default: all cores)."),
 ) -> None:
     """Write a deterministic synthetic stand-in with the dataset's exact layout, names and encodings."""
-    from segrepro.data import synth_dataset
+    from segrepro.data import parse_size, synth_dataset
 
+    if profile == "full":
+        if dataset != "cityscapes" or split_sizes is not None:
+            raise UserError("--profile full: only for cityscapes, and it takes --fraction instead of --split-sizes")
+        from segrepro.data.cityscapes_full import synth_full
+
+        res = synth_full(out, fraction, parse_size(size or "1024x2048"), seed, workers)
+        typer.echo(f"synthetic cityscapes (full profile, fraction {fraction}) written to {res['root']}: "
+                   f"{res['images']} images ({res['skipped']} already complete), {res['bytes'] / 2**20:.0f} MiB "
+                   f"in {res['seconds']:.1f} s with {res['workers']} processes")
+        return
+    if profile != "default":
+        raise UserError(f"--profile {profile!r}: choose default or full")
+    if fraction != 1.0:
+        raise UserError("--fraction needs --profile full")
     typer.echo(f"synthetic {dataset} written to {synth_dataset(dataset, out, split_sizes, size, seed)}")
 
 
