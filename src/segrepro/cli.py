@@ -123,7 +123,7 @@ def metrics_cityscapes(
     pred_root: Path = typer.Option(..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."),
     split: str = typer.Option("val", "--split", help="gtFine split to evaluate."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."),
-    workers: int = typer.Option(2, "--workers", help="PNG decode processes (0: decode in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: all cores; 0: in this process)."),
 ) -> None:
     """IoU/iIoU per class and category, equal to cityscapesscripts' evalPixelLevelSemanticLabeling."""
     from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders, write_result_json
@@ -302,6 +302,8 @@ def bench_eval_cmd(
     device: str = typer.Option("cpu", "--device", help="Inference: cpu (tiny variants) or cuda (official variants)."),
     infer_size: Optional[str] = typer.Option(None, "--infer-size", help="Inference image HxW (default: 256x512 on CPU, 1024x2048 on CUDA)."),
     methods: str = typer.Option("alignseg,acfnet,gald,dgcnet,ann", "--methods", help="Inference: comma-separated methods."),
+    pairs_from: Optional[Path] = typer.Option(None, "--pairs-from", help="Metrics end to end, side by side in fresh "
+                                              "processes: --images val pairs replicated from this root's gtFine/val."),
 ) -> None:
     """Cityscapes metric speed vs cityscapesscripts (values checked equal); inference img/s per protocol."""
     import tempfile
@@ -310,6 +312,14 @@ def bench_eval_cmd(
 
     if part not in ("metrics", "inference", "all"):
         raise UserError(f"--part {part!r}: choose metrics, inference or all")
+    if pairs_from is not None:
+        from segrepro.evaluation.bench import bench_eval_folder, markdown_folder, replicate_val_pairs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            base = work_dir or Path(tmp)
+            gt_root, pred_root = replicate_val_pairs(pairs_from, base / "pairs", images)
+            typer.echo(markdown_folder(bench_eval_folder(gt_root, pred_root, base, workers or None)))
+        return
     if part in ("metrics", "all"):
         height, width = (int(v) for v in size.lower().split("x"))
         with tempfile.TemporaryDirectory() as tmp:

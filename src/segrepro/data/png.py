@@ -122,7 +122,8 @@ def decode_png(data: bytes) -> tuple[np.ndarray, str] | None:
     if not _unfilter(np.frombuffer(raw, dtype=np.uint8), height, stride, channels * sample, out):
         return None
     if sample == 2:
-        return out.view(">u2").astype(np.uint16).reshape(height, width), mode
+        samples = out.view(np.uint16).reshape(height, width)  # PNG stores big-endian: swap in place, no copy
+        return (samples.byteswap(inplace=True) if np.little_endian else samples), mode
     return (out.reshape(height, width, channels) if channels > 1 else out), mode
 
 
