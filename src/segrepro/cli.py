@@ -217,6 +217,51 @@ submit_app = typer.Typer(help="Cityscapes test-server archives: build and valida
 app.add_typer(submit_app, name="submit")
 
 
+def _submit_model(method: str, checkpoint: Path, variant: Optional[str], params: Path, device: str, workers: int,
+                  tile_batch: int):
+    from segrepro import stages
+
+    return stages.TrainedModel(method, checkpoint, variant, None, (), params, device, workers, tile_batch)
+
+
+@submit_app.command("predict")
+def submit_predict_cmd(
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
+    data: Path = typer.Option(..., "--data", help="Cityscapes root holding leftImg8bit/<split>."),
+    out: Path = typer.Option(..., "--out", help="Folder for the prediction PNGs (plus their manifest.json)."),
+    protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
+    split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+) -> None:
+    """One 8-bit labelId PNG per image into a folder (e.g. on a GPU node); resumes after a crash."""
+    from segrepro import stages
+
+    trained = _submit_model(method, checkpoint, variant, params, device, workers, tile_batch)
+    res = stages.submit_predict(trained, data, out, protocol, split)
+    typer.echo(f"{res['count']} predictions ({res['resumed']} resumed) in {res['predictions']}")
+
+
+@submit_app.command("package")
+def submit_package_cmd(
+    pred: Path = typer.Option(..., "--pred", help="Prediction folder written by `submit predict`."),
+    out: Path = typer.Option(..., "--out", help="Archive to write, e.g. submission.zip (+ submission.zip.manifest.json)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Cityscapes root: require one PNG per image of --split."),
+    split: str = typer.Option("test", "--split", help="Split the archive must cover (with --data)."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive's and manifest's sha256 to MLflow."),
+) -> None:
+    """Zip only the prediction PNGs; the manifest goes beside the archive, never inside."""
+    from segrepro import stages
+
+    res = stages.submit_package(pred, out, data, split, mlflow)
+    typer.echo(f"{res['predictions']} predictions zipped to {res['archive']} (sha256 {res['archive_sha256']}); "
+               f"manifest {res['manifest']}")
+
+
 @submit_app.command("build")
 def submit_build_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
@@ -230,12 +275,13 @@ def submit_build_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive's and manifest's sha256 to MLflow."),
 ) -> None:
-    """One 8-bit labelId PNG per image, zipped with a manifest.json; resumes after a crash."""
+    """`submit predict` into OUT.parts/, then `submit package`: PNGs only in OUT, OUT.manifest.json beside it."""
     from segrepro import stages
 
-    trained = stages.TrainedModel(method, checkpoint, variant, None, (), params, device, workers, tile_batch)
-    summary = stages.submit_build(trained, data, out, protocol, split)
+    trained = _submit_model(method, checkpoint, variant, params, device, workers, tile_batch)
+    summary = stages.submit_build(trained, data, out, protocol, split, mlflow)
     typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
 
 
