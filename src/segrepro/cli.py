@@ -379,6 +379,33 @@ def bench_eval_cmd(
         typer.echo(markdown_inference(rows))
 
 
+@bench_app.command("scale")
+def bench_scale_cmd(
+    fraction: float = typer.Option(0.0625, "--fraction", help="Stand-in size: each city's official count times F."),
+    work_dir: Path = typer.Option(..., "--work-dir", help="Empty or new folder for the stand-in (deleted at the end)."),
+    size: str = typer.Option("1024x2048", "--size", help="Image size HxW (smaller only for quick checks)."),
+    stages_: str = typer.Option("synth,prepare,dvc,s3,metrics,submit,loader,mlflow", "--stages",
+                                help="Comma-separated stages to run (synth and prepare are needed by the others)."),
+    metrics_images: int = typer.Option(500, "--metrics-images", help="Val pairs replicated for the metrics stage."),
+    loader_images: int = typer.Option(8, "--loader-images", help="Timed images per loader configuration."),
+    dvc_jobs: int = typer.Option(8, "--dvc-jobs", help="DVC remote `jobs` for push/pull."),
+    s3_env: Optional[Path] = typer.Option(None, "--s3-env", help="s3.env from scripts/s3-server-up.sh (push/pull)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the work folder (default: delete it)."),
+) -> None:
+    """Each CPU-side stage at a fraction of the real Cityscapes size: seconds, peak RSS, stage figures (Markdown)."""
+    import json
+
+    from segrepro.bench_scale import bench_scale, markdown
+    from segrepro.io import atomic_write_text
+
+    report = bench_scale(work_dir, fraction, size, [s.strip() for s in stages_.split(",") if s.strip()],
+                         metrics_images, loader_images, (0, 1, 2), dvc_jobs, s3_env, keep)
+    typer.echo(markdown(report))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+
+
 @bench_app.command("models")
 def bench_models_cmd(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from segrepro.data.cityscapes_labels import IGNORE_INDEX, LABELS, class_names, label_to_train_lut, train_classes
@@ -70,8 +69,9 @@ def stem_of(path: Path) -> str:
 
 
 # -- reader ------------------------------------------------------------------------------------------
-class CityscapesDataset(Dataset):
-    """One split of Cityscapes in the official layout.
+class CityscapesDataset:
+    """One split of Cityscapes in the official layout (map-style: ``len`` and ``[i]``, all a DataLoader needs;
+    not a torch ``Dataset`` subclass, so ``data prepare`` and ``data synth`` start without importing torch).
 
     Labels are trainIds (uint8, 255 ignore): read from ``prepared``'s ``*_labelTrainIds.png`` when given,
     otherwise mapped from ``*_gtFine_labelIds.png`` with cityscapesscripts' table. The test split has no
