@@ -268,7 +268,8 @@ def test_predict_then_package_apart_and_mlflow_record(city: Path, checkpoint: Pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     preds, out = tmp_path / "preds", tmp_path / "sub.zip"
     assert main_exit(["submit", "predict", "--method", "alignseg", "--checkpoint", str(checkpoint), "--data",
-                      str(city), "--out", str(preds), "--params", str(PARAMS), "--device", "cpu", "--workers", "0"]) == 0
+                      str(city), "--out", str(preds), "--params", str(PARAMS), "--device", "cpu",
+                      "--workers", "0"]) == 0
     assert (preds / MANIFEST).is_file()
     summary = stages.submit_package(preds, out, city)
     assert server_format_problems(out, city) == []

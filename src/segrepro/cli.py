@@ -123,7 +123,8 @@ def metrics_cityscapes(
     pred_root: Path = typer.Option(..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."),
     split: str = typer.Option("val", "--split", help="gtFine split to evaluate."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: all cores; 0: in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Decode processes (default: all cores; 0: in this process)."),
 ) -> None:
     """IoU/iIoU per class and category, equal to cityscapesscripts' evalPixelLevelSemanticLabeling."""
     from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders, write_result_json
@@ -249,10 +250,10 @@ def submit_predict_cmd(
 @submit_app.command("package")
 def submit_package_cmd(
     pred: Path = typer.Option(..., "--pred", help="Prediction folder written by `submit predict`."),
-    out: Path = typer.Option(..., "--out", help="Archive to write, e.g. submission.zip (+ submission.zip.manifest.json)."),
+    out: Path = typer.Option(..., "--out", help="Archive to write, e.g. sub.zip (+ sub.zip.manifest.json)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Cityscapes root: require one PNG per image of --split."),
     split: str = typer.Option("test", "--split", help="Split the archive must cover (with --data)."),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive's and manifest's sha256 to MLflow."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
 ) -> None:
     """Zip only the prediction PNGs; the manifest goes beside the archive, never inside."""
     from segrepro import stages
@@ -275,7 +276,7 @@ def submit_build_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive's and manifest's sha256 to MLflow."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
 ) -> None:
     """`submit predict` into OUT.parts/, then `submit package`: PNGs only in OUT, OUT.manifest.json beside it."""
     from segrepro import stages

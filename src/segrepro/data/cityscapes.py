@@ -195,7 +195,8 @@ def polygons(label: np.ndarray, instance: np.ndarray) -> dict[str, Any]:
     x0, x1 = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
     objects = [
         {"label": cs_labels.id2label[int(k // 100000)].name,
-         "polygon": [[int(x0[i]), int(y0[i])], [int(x1[i]), int(y0[i])], [int(x1[i]), int(y1[i])], [int(x0[i]), int(y1[i])]]}
+         "polygon": [[int(x0[i]), int(y0[i])], [int(x1[i]), int(y0[i])], [int(x1[i]), int(y1[i])],
+                     [int(x0[i]), int(y1[i])]]}
         for i, k in enumerate(keys.tolist())
     ]
     return {"imgHeight": int(h), "imgWidth": int(w), "objects": objects}

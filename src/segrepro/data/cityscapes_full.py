@@ -15,6 +15,7 @@ the official layout and encodings (leftImg8bit, gtFine labelIds / instanceIds / 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -169,8 +170,9 @@ def synth_full(out: Path, fraction: float = 1.0, size: tuple[int, int] = (1024, 
     start, written, skipped = time.perf_counter(), 0, 0
     bar = tqdm(total=len(items), desc="synth cityscapes (full profile)", unit="img", disable=not progress)
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
-        for n in pool.imap_unordered(_task, tasks, chunksize=1):
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ctx.Pool(workers)) if workers > 1 else None
+        for n in pool.imap_unordered(_task, tasks, chunksize=1) if pool else map(_task, tasks):
             written += n
             skipped += n == 0
             bar.update(1)
@@ -179,20 +181,6 @@ def synth_full(out: Path, fraction: float = 1.0, size: tuple[int, int] = (1024, 
     counts = {split: sum(c.values()) for split, c in city_counts(fraction).items()}
     return {"root": str(out), "counts": counts, "images": len(items), "skipped": skipped, "bytes": written,
             "seconds": time.perf_counter() - start, "workers": workers}
-
-
-class _Serial:
-    """In-process stand-in for a pool (``--workers 1``): same tasks, same order-free results."""
-
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap_unordered(fn, iterable, chunksize: int = 1):
-        return map(fn, iterable)
 
 
 def expected_images(fraction: float) -> int:

@@ -143,7 +143,8 @@ def _legal_instance(values: np.ndarray) -> np.ndarray:
 
 
 def _inputs(root: Path, rec: Record) -> tuple[Path, Path, Path]:
-    return (cs.image_path(root, rec.split, rec.city, rec.stem), cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds"),
+    return (cs.image_path(root, rec.split, rec.city, rec.stem),
+            cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds"),
             cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds"))
 
 

@@ -93,7 +93,7 @@ def decode_png(data: bytes) -> tuple[np.ndarray, str] | None:
             length, kind = struct.unpack_from(">I4s", data, pos)
             body = data[pos + 8:pos + 8 + length]
             crc = data[pos + 8 + length:pos + 12 + length]
-            if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != struct.unpack(">I", crc)[0]:
+            if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc):
                 return None
             if kind == b"IHDR":
                 header = struct.unpack(">IIBBBBB", body)
