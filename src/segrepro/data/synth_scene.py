@@ -227,18 +227,25 @@ class SceneComposer:
 
     # -- rendering ----------------------------------------------------------------------------------
     def _render(self, cv: _Canvas, rng: np.random.Generator) -> Scene:
+        """Per-class trig/frequency tables indexed per pixel and in-place sums: the same float64 operations in
+        the same order as the plain formula (byte-identical scenes), at a fraction of the temporaries."""
         app, idx = self.appearance, cv.index
-        wave = 2 * math.pi / app.period[idx] * (cv.xs * np.cos(app.angle[idx]) + cv.ys * np.sin(app.angle[idx]))
-        stripes = (app.amp[idx] * np.sin(wave))[..., None] * app.stripe_dir[idx]
+        wave = cv.xs * np.take(np.cos(app.angle), idx)
+        wave += cv.ys * np.take(np.sin(app.angle), idx)
+        wave *= np.take(2 * math.pi / app.period, idx)
+        np.sin(wave, out=wave)
+        wave *= np.take(app.amp, idx)
         offsets = rng.normal(0.0, self.region_sigma, size=(cv.regions, 3))
         noise = rng.normal(0.0, self.noise_sigma, size=(cv.h, cv.w, 3))
         gain = rng.uniform(0.9, 1.1)
-        image = (app.colour[idx] + stripes + offsets[cv.region] + noise) * gain
-        return Scene(
-            label=self.values[idx],
-            instance=cv.instance,
-            image=np.clip(np.rint(image), 0, 255).astype(np.uint8),
-        )
+        image = np.take(app.colour, idx, axis=0)
+        image += wave[..., None] * np.take(app.stripe_dir, idx, axis=0)
+        image += np.take(offsets, cv.region, axis=0)
+        image += noise
+        image *= gain
+        np.rint(image, out=image)
+        np.clip(image, 0, 255, out=image)
+        return Scene(label=self.values[idx], instance=cv.instance, image=image.astype(np.uint8))
 
     def _index_of(self, values: np.ndarray) -> set[int]:
         present = set(values.tolist())
