@@ -34,8 +34,9 @@ def test_dynamic_registries_pull_in_their_package() -> None:
 
 
 def test_check_names_the_stale_stage_and_write_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    shutil.copytree(REPO / "src" / "segrepro", tmp_path / "src" / "segrepro",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "segrepro", tmp_path / "src" / "segrepro", ignore=shutil.ignore_patterns("__pycache__")
+    )
     original = (REPO / "dvc.yaml").read_text()
     stale = original.replace("        - src/segrepro/evaluation/quick_val.py\n", "", 1)
     assert stale != original

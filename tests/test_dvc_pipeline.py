@@ -130,6 +130,7 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
         path.write_text(original)
         changed = set(json.loads(proc.stdout))
         target = f"src/segrepro/{module}"
-        importers = {s for s in lock if any(target == d or target.startswith(d + "/") for d in derived[s.split("@")[0]])}
+        deps_of = {stage: derived[stage.split("@")[0]] for stage in lock}
+        importers = {s for s, deps in deps_of.items() if any(target == d or target.startswith(f"{d}/") for d in deps)}
         assert required <= changed == importers, module
     assert "up to date" in _run([str(BIN / "dvc"), "status"], work, env)

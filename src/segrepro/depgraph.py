@@ -62,7 +62,8 @@ class ImportGraph:
             is_package = parts[-1] == "__init__"
             name = ".".join(parts[:-1] if is_package else parts)
             tree = ast.parse(path.read_text(), filename=str(path))
-            defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            defs: dict[str, ast.AST] = {n.name: n for n in tree.body if isinstance(n, kinds)}
             self.modules[name] = _Module(name, path, is_package, tree, defs)
 
     # -- commands -------------------------------------------------------------------------------------
@@ -80,7 +81,11 @@ class ImportGraph:
                     groups.setdefault(parent, {})[word] = child
             if isinstance(node, ast.FunctionDef):
                 for deco in node.decorator_list:
-                    if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute) and deco.func.attr == "command":
+                    if (
+                        isinstance(deco, ast.Call)
+                        and isinstance(deco.func, ast.Attribute)
+                        and deco.func.attr == "command"
+                    ):
                         word = _const(deco.args[0]) if deco.args else node.name.replace("_", "-")
                         owner = _name_of(deco.func.value)
                         if owner and word:
@@ -101,7 +106,7 @@ class ImportGraph:
         words = shlex.split(cmd)
         if ROOT_PACKAGE not in words:
             return None
-        words = words[words.index(ROOT_PACKAGE) + 1:]
+        words = words[words.index(ROOT_PACKAGE) + 1 :]
         table = self.commands()
         best = None
         for n in range(1, len(words) + 1):
@@ -314,8 +319,9 @@ def check(dvc_yaml: Path) -> list[str]:
         if listed != derived[name]:
             missing = sorted(set(derived[name]) - set(listed))
             extra = sorted(set(listed) - set(derived[name]))
-            problems.append(f"{dvc_yaml}: stage {name}: code deps differ from its imports "
-                            f"(missing {missing}, not imported {extra})")
+            problems.append(
+                f"{dvc_yaml}: stage {name}: code deps differ from its imports (missing {missing}, not imported {extra})"
+            )
     return problems
 
 
