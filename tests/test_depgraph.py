@@ -28,9 +28,12 @@ def test_commands_depend_on_what_they_run() -> None:
 
 def test_dynamic_registries_pull_in_their_package() -> None:
     graph = depgraph.ImportGraph(REPO / "src")
-    modules = graph.modules_of(graph.command_of("segrepro data prepare voc --root data/voc") or "")
+    (func,) = graph.commands_of("segrepro data prepare voc --root data/voc")
+    modules = graph.modules_of(func)
     assert {"segrepro.data.voc", "segrepro.data.cityscapes_prepare"} <= modules  # lazily imported by name
     assert not any(m.startswith("segrepro.models") for m in modules)
+    chained = graph.commands_of("segrepro submit build --method ann --out a.zip && segrepro submit validate a.zip")
+    assert chained == ["submit_build_cmd", "submit_validate_cmd"]
 
 
 def test_check_names_the_stale_stage_and_write_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

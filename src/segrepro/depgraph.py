@@ -101,19 +101,21 @@ class ImportGraph:
         walk(CLI_APP, ())
         return table
 
-    def command_of(self, cmd: str) -> str | None:
-        """The cli function a shell command line runs, or None when it does not run ``segrepro``."""
+    def commands_of(self, cmd: str) -> list[str]:
+        """The cli functions a shell command line runs (each ``segrepro ...`` in it; ``&&`` chains too)."""
         words = shlex.split(cmd)
-        if ROOT_PACKAGE not in words:
-            return None
-        words = words[words.index(ROOT_PACKAGE) + 1 :]
         table = self.commands()
-        best = None
-        for n in range(1, len(words) + 1):
-            best = table.get(tuple(words[:n]), best)
-        if best is None:
-            raise UserError(f"dvc.yaml: command {cmd!r} names no segrepro subcommand; fix the stage's cmd")
-        return best
+        found = []
+        for i, word in enumerate(words):
+            if word != ROOT_PACKAGE:
+                continue
+            best = None
+            for n in range(i + 2, len(words) + 1):
+                best = table.get(tuple(words[i + 1 : n]), best)
+            if best is None:
+                raise UserError(f"dvc.yaml: command {cmd!r} names no segrepro subcommand; fix the stage's cmd")
+            found.append(best)
+        return found
 
     # -- closure ----------------------------------------------------------------------------------------
     def modules_of(self, cli_function: str) -> set[str]:
@@ -296,13 +298,10 @@ def derived_deps(dvc_yaml: Path, root: Path | None = None) -> dict[str, list[str
     for name, body in _bodies(doc.get("stages", {})):
         cmds = body.get("cmd", [])
         modules: set[str] = set()
-        found = False
-        for cmd in [cmds] if isinstance(cmds, str) else cmds:
-            func = graph.command_of(str(cmd))
-            if func is not None:
-                found = True
-                modules |= graph.modules_of(func)
-        if found:
+        funcs = [f for cmd in ([cmds] if isinstance(cmds, str) else cmds) for f in graph.commands_of(str(cmd))]
+        for func in funcs:
+            modules |= graph.modules_of(func)
+        if funcs:
             out[name] = graph.files_of(modules, root)
     return out
 
