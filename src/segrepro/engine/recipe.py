@@ -110,7 +110,7 @@ class Recipe(_Frozen):
     recipe: str
     dataset: str
     objective: Literal["supervised", "self_supervised"]
-    variant: str | None = None  # None: the registry's default variant
+    variant: str | None = None  # None: the registry's default variant (the resolver records which)
     num_classes: PositiveInt | None = None  # None: the dataset's (self-supervised: the variant's)
     ignore_index: int = 255
     train_split: str = "train"
@@ -518,6 +518,10 @@ def _resolve(params: Mapping[str, Any], method: str, name: str, local: Mapping[s
         over = deep_merge(over, {"optimizer": shortcuts})
     merged = deep_merge(merged, over)
     merged.update(method=method, recipe=name)
+    if merged.get("variant") is None:  # the record names the variant that is really built
+        from segrepro.models.registry import get_spec
+
+        merged["variant"] = get_spec(method).variant
     layers = [_Layer(f"train.{method}", local), *(_Layer(f"recipes.{method}.{n}", d) for n, d in chain)]
     return _validate(merged, card, _Sources(method, layers, f"recipes.{method}.{name}"))
 
