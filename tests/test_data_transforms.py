@@ -1,6 +1,9 @@
-"""Per-method transforms (scale, ignore padding, crop, flip, brightness, normalisation) and the loader."""
+"""Per-method transforms (scale, ignore padding, crop, flip, brightness, normalisation), built from each
+method's card, and the loader."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,9 +13,24 @@ from torch.utils.data import Dataset
 from segrepro.data.loader import build_loader
 from segrepro.data.transforms_ssl import MultiCrop
 from segrepro.data.transforms import (
-    ALIGNSEG_SCALES, NORMALIZATION, Compose, Normalize, PadTo, RandomBrightness, RandomCrop,
-    RandomHorizontalFlip, RandomResize, RandomScaleChoice, ToTensor, build_transforms, resize_label,
+    ALIGNSEG_SCALES, NORMALIZATIONS, Compose, Normalize, PadTo, RandomBrightness, RandomCrop,
+    RandomHorizontalFlip, RandomResize, RandomScaleChoice, ToTensor, build_eval_transforms, build_train_transforms,
+    resize_label,
 )
+from segrepro.models import get_card, list_methods
+
+
+def _norm(method: str):
+    return NORMALIZATIONS[get_card(method).normalization]
+
+
+def build_transforms(method: str, train: bool, crop: int | None = None, generator: torch.Generator | None = None):
+    """A method's official pipeline as its card describes it (train crop replaced by ``crop``)."""
+    card = get_card(method)
+    if not train:
+        return build_eval_transforms(_norm(method), card.eval_size, card.eval_label_size)
+    aug = card.train if crop is None else replace(card.train, crop=(crop, crop))
+    return build_train_transforms(aug, _norm(method), generator)
 
 
 def _sample(h: int = 40, w: int = 50, seed: int = 0) -> dict:
@@ -40,16 +58,16 @@ def test_normalisation_table_exact_values() -> None:
         "dgcnet": [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (30 / 255 - 0.406) / 0.225],  # RGB
         "alignseg_ssl": [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (30 / 255 - 0.406) / 0.225],
     }
-    assert set(expected) == set(NORMALIZATION)
+    assert set(expected) == set(list_methods())
     for method, values in expected.items():
-        out = ToTensor()(Normalize(NORMALIZATION[method])({"image": image}))["image"]
+        out = ToTensor()(Normalize(_norm(method))({"image": image}))["image"]
         assert out.shape == (3, 4, 5) and out.dtype == torch.float32
         for c in range(3):
             torch.testing.assert_close(out[c], torch.full((4, 5), values[c], dtype=torch.float32), rtol=0, atol=2e-6)
 
 
 def test_pad_fills_ignore_and_zero_bottom_right() -> None:
-    s = Normalize(NORMALIZATION["alignseg"])(_sample(30, 20))
+    s = Normalize(_norm("alignseg"))(_sample(30, 20))
     out = PadTo((36, 32))(s)
     assert out["image"].shape == (36, 32, 3) and out["label"].shape == (36, 32)
     assert (out["label"][30:] == 255).all() and (out["label"][:, 20:] == 255).all()
@@ -73,7 +91,7 @@ def test_train_pipeline_output_size_alignment_and_labels(method: str, crop: int)
 def test_crop_before_normalise_equals_official_order() -> None:
     """build_transforms crops before normalising; the official order (normalise, pad, crop) is identical."""
     g_official, g_ours = _gen(5), _gen(5)
-    official = Compose([RandomScaleChoice(generator=g_official), Normalize(NORMALIZATION["gald"]), PadTo((48, 48)),
+    official = Compose([RandomScaleChoice(generator=g_official), Normalize(_norm("gald")), PadTo((48, 48)),
                         RandomCrop((48, 48), generator=g_official), RandomHorizontalFlip(generator=g_official), ToTensor()])
     ours = build_transforms("gald", train=True, crop=48, generator=g_ours)
     for seed in range(8):  # sizes around the crop: padded, cropped, or both
@@ -145,7 +163,7 @@ class _Samples(Dataset):
 
 
 def test_loader_is_reproducible_with_workers() -> None:
-    ds = _Samples(Compose([RandomScaleChoice(), Normalize(NORMALIZATION["ann"]), PadTo((40, 40)),
+    ds = _Samples(Compose([RandomScaleChoice(), Normalize(_norm("ann")), PadTo((40, 40)),
                            RandomCrop((40, 40)), RandomHorizontalFlip(), ToTensor()]))
 
     def run(seed: int) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from segrepro.engine.losses import build_criterion, lovasz_softmax, ohem_cross_entropy
+from segrepro.engine.recipe import LossCfg
 from segrepro.engine.schedule import poly_lr
 from segrepro.models.outputs import SegOutput
 
@@ -66,7 +67,8 @@ def test_criterion_upsamples_and_weights_terms() -> None:
     torch.manual_seed(0)
     main, dsn = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     target = torch.randint(0, 3, (2, 16, 16))
-    crit = build_criterion({"terms": [{"output": "main", "loss": "ce"}, {"output": "dsn", "loss": "ce", "weight": 0.4}]})
+    crit = build_criterion(LossCfg.model_validate({"terms": [{"output": "main", "loss": "ce"},
+                                                         {"output": "dsn", "loss": "ce", "weight": 0.4}]}))
     total, parts = crit(SegOutput(main, 4, {"dsn": dsn}, {"dsn": 4}), target)
     up = lambda t: torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=True)  # noqa: E731
     ref = torch.nn.functional.cross_entropy(up(main), target) + 0.4 * torch.nn.functional.cross_entropy(up(dsn), target)
@@ -75,7 +77,7 @@ def test_criterion_upsamples_and_weights_terms() -> None:
 
 
 def test_criterion_names_missing_output() -> None:
-    crit = build_criterion({"terms": [{"output": "coarse", "loss": "ce"}]})
+    crit = build_criterion(LossCfg.model_validate({"terms": [{"output": "coarse", "loss": "ce"}]}))
     with pytest.raises(KeyError, match="coarse"):
         crit(SegOutput(torch.zeros(1, 2, 2, 2), 1), torch.zeros(1, 2, 2, dtype=torch.long))
 

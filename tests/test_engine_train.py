@@ -176,7 +176,7 @@ def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -
         assert tags["method"] == "gald" and tags["stage"] == "train"
         from segrepro.engine.config import load_params, resolve_recipe
 
-        lr = resolve_recipe(load_params(REPO / "params.yaml"), "gald")["optimizer"]["lr"]
+        lr = resolve_recipe(load_params(REPO / "params.yaml"), "gald").optimizer.lr
         assert run.data.params["optimizer.lr"] == str(lr) and run.data.params["iterations"] == "6"
         assert {"loss", "lr", "img_per_s", "val_mIoU"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 6

@@ -14,7 +14,11 @@ from segrepro.evaluation.inference import (
     resolve_protocol,
     tile_starts,
 )
-from segrepro.models import SegOutput
+from segrepro.models import SegOutput, get_card
+
+
+def _official(method: str) -> dict:
+    return dict(get_card(method).eval_protocols)
 
 
 class ColumnNet(nn.Module):
@@ -61,7 +65,7 @@ def test_flip_view_is_flipped_back() -> None:
 
 
 def test_softmax_average_of_flip_by_hand() -> None:
-    probs = predict_probs(ColumnNet(), torch.zeros(3, 2, 4), resolve_protocol("ann", "ss", flip=True))
+    probs = predict_probs(ColumnNet(), torch.zeros(3, 2, 4), resolve_protocol(_official("ann"), "ss", flip=True))
     col = torch.arange(4.0)
     expected = (torch.sigmoid(col) + torch.sigmoid(3 - col)) / 2  # softmax([a, 0])[0] = sigmoid(a)
     assert torch.allclose(probs[0, 0], expected)
@@ -98,7 +102,7 @@ def _reference(model: nn.Module, image: torch.Tensor, scales, flip: bool, crop: 
 def test_multiscale_flip_sliding_matches_direct_reference(crop: int | None) -> None:
     model = StridedNet().eval()
     image = torch.randn(3, 20, 30, generator=torch.Generator().manual_seed(1))
-    proto = resolve_protocol("alignseg", "ms-flip", crop=crop or 0, stride=7)
+    proto = resolve_protocol(_official("alignseg"), "ms-flip", crop=crop or 0, stride=7)
     with torch.no_grad():
         ours = predict_probs(model, image, proto, tile_batch=3)
         ref = _reference(model, image, proto.scales, True, crop, 7)
@@ -119,19 +123,19 @@ def test_tile_batch_does_not_change_the_result_and_small_images_go_whole() -> No
 
 
 def test_protocol_table_and_overrides() -> None:
-    alignseg = resolve_protocol("alignseg")
+    alignseg = resolve_protocol(_official("alignseg"))
     assert (alignseg.crop, alignseg.tile_stride, alignseg.scales, alignseg.flip) == (872, 582, (1.0,), False)
-    assert resolve_protocol("gald").tile_stride == 555
-    assert resolve_protocol("acfnet").tile_stride == 513
-    assert resolve_protocol("ann", split="val").crop is None
-    ann_test = resolve_protocol("ann", split="test")
+    assert resolve_protocol(_official("gald")).tile_stride == 555
+    assert resolve_protocol(_official("acfnet")).tile_stride == 513
+    assert resolve_protocol(_official("ann"), split="val").crop is None
+    ann_test = resolve_protocol(_official("ann"), split="test")
     assert (ann_test.scales, ann_test.flip, ann_test.crop, ann_test.tile_stride) == ((0.75, 1.0, 1.25), True, 864, 576)
-    ms = resolve_protocol("dgcnet", "ms-flip")
+    ms = resolve_protocol(_official("dgcnet"), "ms-flip")
     assert ms.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and ms.flip and ms.crop == 832
-    assert resolve_protocol("gald", "ss").crop is None
-    assert resolve_protocol("alignseg", crop=0).crop is None
-    assert resolve_protocol("alignseg", scales=[1, 2], flip=True).scales == (1.0, 2.0)
+    assert resolve_protocol(_official("gald"), "ss").crop is None
+    assert resolve_protocol(_official("alignseg"), crop=0).crop is None
+    assert resolve_protocol(_official("alignseg"), scales=[1, 2], flip=True).scales == (1.0, 2.0)
     with pytest.raises(UserError, match="unknown protocol"):
-        resolve_protocol("alignseg", "fancy")
+        resolve_protocol(_official("alignseg"), "fancy")
     with pytest.raises(UserError, match="scales"):
-        resolve_protocol("alignseg", scales=[0])
+        resolve_protocol(_official("alignseg"), scales=[0])

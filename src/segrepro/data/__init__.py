@@ -28,6 +28,11 @@ class DatasetSpec:
     splits: tuple[str, ...]  # split order used by --split-sizes
     default_split_sizes: tuple[int, ...]
     default_size: tuple[int, int]  # (H, W) of synthetic images
+    combined_splits: tuple[str, ...] = ()  # training splits made of several (Cityscapes trainval)
+
+    @property
+    def all_splits(self) -> tuple[str, ...]:
+        return self.splits + self.combined_splits
 
     @property
     def module(self) -> ModuleType:
@@ -44,7 +49,8 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "cityscapes": DatasetSpec(
-        "cityscapes", "segrepro.data.cityscapes", "CityscapesDataset", 19, 255, ("train", "val", "test"), (8, 4, 4), (256, 512)
+        "cityscapes", "segrepro.data.cityscapes", "CityscapesDataset", 19, 255, ("train", "val", "test"), (8, 4, 4), (256, 512),
+        ("trainval", "trainval_coarse"),
     ),
     "voc": DatasetSpec("voc", "segrepro.data.voc", "VOCDataset", 21, 255, ("trainaug", "val"), (8, 4), (256, 320)),
     "coco_stuff27": DatasetSpec(
