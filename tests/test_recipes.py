@@ -45,16 +45,18 @@ def _leaves(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def _declared(path: tuple[Any, ...]) -> bool:
     """Whether a recipe key path names a field of the schema (through nested models and their lists)."""
     model: type[BaseModel] = Recipe
+    keyed = False  # the previous field is a dict of models (``eval.<split>``): this part is a key
     for i, part in enumerate(path):
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         if part not in model.model_fields:
             return False
-        models, _ = _models_in(model.model_fields[part].annotation)
+        models, where = _models_in(model.model_fields[part].annotation)
         if i < len(path) - 1:
             if not models:
                 return False
-            model = models[0]
+            model, keyed = models[0], where == "values"
     return True
 
 
@@ -73,7 +75,7 @@ def test_every_recipe_leaf_is_a_schema_field_and_every_recipe_validates() -> Non
                 if (m, n) == (method, name) and leaf[0] not in ("extends", "loss", "scale"):
                     node: Any = recipe
                     for part in leaf:
-                        node = node[part] if isinstance(part, int) else getattr(node, part)
+                        node = node[part] if isinstance(part, int) or isinstance(node, dict) else getattr(node, part)
                     given: Any = recipes[name]
                     for part in leaf:
                         given = given[part]

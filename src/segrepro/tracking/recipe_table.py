@@ -26,11 +26,11 @@ def twin_name(name: str, recipes: Mapping[str, Any]) -> str | None:
 
 def describe_protocol(method: str, cfg: Mapping[str, Any], split: str) -> str:
     """The recipe's own protocol for ``split`` (its ``eval`` entry), else the method's official one."""
-    from segrepro.evaluation.inference import official_protocol
+    from segrepro.models.registry import get_card
 
     entry = (cfg.get("eval") or {}).get(split)
     if not entry:
-        return f"{split}: {official_protocol(method, split).describe().removeprefix('official: ')}"
+        return f"{split}: {get_card(method).protocol(split).describe().removeprefix('official: ')}"
     window = f"sliding {entry['crop']}" if entry.get("crop") else "whole image"
     if entry.get("resize"):
         window += f", short side {entry['resize'][0]} (long ≤ {entry['resize'][1]})"
