@@ -118,8 +118,8 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
     assert {cmds.get(" ".join(["segrepro", *r["argv"]])) for r in traced} >= set(lock)
 
     # A comment appended to one module: dvc status lists exactly the stages whose command imports it.
-    must = {"evaluation/inference.py": {"submit@alignseg", "evaluate@alignseg", "evaluate@ann"},
-            "evaluation/quick_val.py": {"train@alignseg", "train@ann"},
+    must = {"evaluation/inference.py": {"submit@alignseg-demo", "evaluate@alignseg-demo", "evaluate@ann-demo"},
+            "evaluation/quick_val.py": {"train@alignseg-demo", "train@ann-demo"},
             "models/registry.py": {"leaderboard"}}
     for module, required in must.items():
         path = work / "src" / "segrepro" / module

@@ -19,7 +19,7 @@ from segrepro.models import MethodCard, Protocol, SegOutput, register, register_
 from segrepro.models import registry
 
 PARAMS = {
-    "methods": {"toy": "cityscapes"},
+    "benchmark": {"toy-demo": {"method": "toy", "recipe": "demo", "dataset": "cityscapes"}},
     "data": {"cityscapes": "cs"},
     "train": {"toy": {"recipe": "demo"}},
     "recipes": {"toy": {
@@ -79,7 +79,7 @@ def test_toy_method_trains_evaluates_and_reaches_the_leaderboard(toy: None, tmp_
                      "--workers", "0", "--no-mlflow"]) == 0
         metrics = json.loads((tmp_path / "runs" / "toy" / "eval" / "metrics.json").read_text())
         assert metrics["segrepro"]["protocol"].startswith("official: sliding 48/32")  # the card's protocol
-        assert _run(["leaderboard", "--no-mlflow"]) == 0
+        assert _run(["leaderboard", "--no-mlflow", "--methods", "toy"]) == 0  # the run folder, not the row
         board = (tmp_path / "leaderboard" / "leaderboard.md").read_text()
         assert "toy" in board and "demo" in board
     finally:
