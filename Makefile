@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 S3_DIR ?= runs/s3
 S3_PORT ?= 7480
 
-.PHONY: install demo test bench clean s3-up s3-down image-test
+.PHONY: install demo test lint bench clean s3-up s3-down image-test
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Style and types of the package (configured in pyproject.toml); runs every tool and fails on any finding.
+lint: $(STAMP)
+	rc=0; $(VENV)/bin/ruff check src/segrepro || rc=1; $(VENV)/bin/ruff format --check src/segrepro || rc=1; \
+	$(VENV)/bin/mypy src/segrepro || rc=1; exit $$rc
 
 # A local S3 server (Ceph radosgw, RAM only, 127.0.0.1) with the project's bucket; keys in $(S3_DIR)/s3.env.
 s3-up: $(STAMP)
@@ -48,9 +53,13 @@ clean:
 # DVC_REMOTE: an S3 remote configured from the environment (see README "Reproducible pipeline").
 DVC_REMOTE ?= s3remote
 
-.PHONY: repro push pull ui
+.PHONY: repro push pull ui dvc-deps
 repro: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+# Rewrites every stage's src/segrepro deps in dvc.yaml from its command's import graph.
+dvc-deps: $(STAMP)
+	$(PY) -m segrepro.depgraph --write
 
 push: $(STAMP)
 	$(VENV)/bin/dvc push -r $(DVC_REMOTE)

@@ -1,7 +1,8 @@
 """`dvc repro` of the real dvc.yaml in a temporary git repo: 2 supervised methods, tiny sizes.
 
 Fresh run → every stage; a params change to one method → only its branch and the leaderboard;
-then a no-op. The repo's dvc.yaml and params.yaml are used as they are, only params values shrink.
+then a no-op; then a comment appended to one module → `dvc status` lists exactly the stages whose command
+imports it. The repo's dvc.yaml and params.yaml are used as they are, only params values shrink.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from segrepro import depgraph
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 METHODS = {"alignseg": "cityscapes", "ann": "cityscapes"}
@@ -27,6 +30,17 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+# Records which segrepro modules every Python process of the repro really imported (checked against the deps).
+_TRACE_HOOK = """import atexit, json, os, sys
+def _dump():
+    mods = sorted(m for m in sys.modules if m == "segrepro" or m.startswith("segrepro."))
+    if mods:
+        with open(os.environ["SEGREPRO_IMPORT_TRACE"], "a") as f:
+            f.write(json.dumps({"argv": sys.argv[1:], "modules": mods}) + "\\n")
+atexit.register(_dump)
+"""
 
 
 def _ran(output: str) -> set[str]:
@@ -51,7 +65,13 @@ def _project(tmp: Path) -> Path:
 
 def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
     work = _project(tmp_path)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_TRACE_HOOK)
+    trace = tmp_path / "imports.jsonl"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+           "SEGREPRO_IMPORT_TRACE": str(trace),
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     _run(["git", "init", "-q"], work, env)
@@ -80,4 +100,37 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
 
     third = _run([str(BIN / "dvc"), "repro"], work, env)
     assert _ran(third) == set()
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], work, env)
+
+    # What each stage's command really imported is covered by the stage's derived code deps.
+    derived = depgraph.derived_deps(work / "dvc.yaml")
+    cmds = {" ".join(stage["cmd"].split()): name for name, stage in lock.items()}
+    traced = [json.loads(line) for line in trace.read_text().splitlines()]
+    for record in traced:
+        stage = cmds.get(" ".join(["segrepro", *record["argv"]]))
+        if stage is None:
+            continue
+        deps = derived[stage.split("@")[0]]
+        for module in record["modules"]:
+            path = Path(*module.split("."))
+            files = {f"src/{path}.py", f"src/{path}/__init__.py"}
+            assert any(f == d or f.startswith(d + "/") for f in files for d in deps), f"{stage} imports {module}"
+    assert {cmds.get(" ".join(["segrepro", *r["argv"]])) for r in traced} >= set(lock)
+
+    # A comment appended to one module: dvc status lists exactly the stages whose command imports it.
+    must = {"evaluation/inference.py": {"submit@alignseg", "evaluate@alignseg", "evaluate@ann"},
+            "evaluation/quick_val.py": {"train@alignseg", "train@ann"},
+            "models/registry.py": {"leaderboard"}}
+    for module, required in must.items():
+        path = work / "src" / "segrepro" / module
+        original = path.read_text()
+        path.write_text(original + "# touched\n")
+        proc = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+        path.write_text(original)
+        changed = set(json.loads(proc.stdout))
+        target = f"src/segrepro/{module}"
+        deps_of = {stage: derived[stage.split("@")[0]] for stage in lock}
+        importers = {s for s, deps in deps_of.items() if any(target == d or target.startswith(f"{d}/") for d in deps)}
+        assert required <= changed == importers, module
     assert "up to date" in _run([str(BIN / "dvc"), "status"], work, env)

@@ -21,7 +21,7 @@ from segrepro.evaluation.predict import png_bytes
 from segrepro.models import build
 from segrepro.submission import SubmissionError, check_archive, validate_archive
 from segrepro.data.manifest import sha256_file
-from segrepro.submission.build import MANIFEST, open_staging, staging_dir
+from segrepro.submission.build import MANIFEST, manifest_path, open_staging, staging_dir
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 H, W = 64, 128
@@ -43,7 +43,7 @@ def checkpoint(city: Path) -> Path:
 
 
 def _build(city: Path, checkpoint: Path, out: Path, split: str = "test") -> dict:
-    return stages.submit_build(_trained(checkpoint), city, out, "official", split)
+    return stages.submit_build(_trained(checkpoint), city, out, "official", split, track=False)
 
 
 def _trained(checkpoint: Path) -> stages.TrainedModel:
@@ -56,10 +56,12 @@ def test_build_validate_and_manifest(city: Path, checkpoint: Path, tmp_path: Pat
     assert summary["predictions"] == 3 and summary["resumed"] == 0
     assert not staging_dir(out).exists()
     assert validate_archive(out, city).predictions == 3
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["archive_sha256"] == summary["archive_sha256"] == sha256_file(out)
     with zipfile.ZipFile(out) as zf:
         names = sorted(zf.namelist())
-        manifest = json.loads(zf.read(MANIFEST))
         pngs = [n for n in names if n.endswith(".png")]
+        assert names == pngs  # only the predictions: the manifest lives beside the archive
         for name in pngs:
             with Image.open(io.BytesIO(zf.read(name))) as im:
                 assert (im.mode, im.size) == ("L", (W, H))
@@ -83,9 +85,10 @@ def main_exit(argv: list[str]) -> int:
 def test_resume_skips_written_predictions(city: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub.zip"
     _build(city, checkpoint, out)
+    manifest = {k: v for k, v in json.loads(manifest_path(out).read_text()).items()
+                if k not in ("archive", "archive_sha256", "predictions", "members_sha256")}
     with zipfile.ZipFile(out) as zf:
-        manifest = json.loads(zf.read(MANIFEST))
-        first = sorted(n for n in zf.namelist() if n.endswith(".png"))[0]
+        first = sorted(zf.namelist())[0]
     out.unlink()
     stage = open_staging(out, manifest)  # as left by a crash after the first image
     marker = png_bytes(np.full((H, W), 21, dtype=np.uint8))
@@ -181,6 +184,8 @@ def _mutate(city: Path, case: str) -> dict[str, bytes]:
         members["notes.png"] = b"PK\x03\x04" + b"\0" * 40
     elif case == "truncated":
         members[first] = members[first][:40]
+    elif case == "manifest_inside":
+        members[MANIFEST] = b"{}"
     elif case == "ignore_255":
         members[first] = png_bytes(np.full((H, W), 255, dtype=np.uint8))
     return members
@@ -191,6 +196,7 @@ CASES = {
     "wrong_size": "size 64x32", "rgb": "mode RGB", "16bit": "mode I", "train_ids": "trainIds?",
     "jpeg": "not a PNG", "traversal": "path traversal", "absolute": "absolute path", "nested": "nested archive",
     "disguised_nested": "nested archive", "truncated": "unreadable PNG", "ignore_255": "not evaluated labelIds",
+    "manifest_inside": "only the prediction PNGs",
 }
 
 
@@ -223,3 +229,56 @@ def test_validate_cli_lists_problems_and_exits_non_zero(city: Path, tmp_path: Pa
     assert main_exit(["submit", "validate", str(archive), "--data", str(city)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("trainIds?") == 3
+
+
+# --- predict and package apart; an independent check of the server format --------------------------
+
+
+def server_format_problems(archive: Path, data_root: Path) -> list[str]:
+    """The server's format, checked without segrepro: only PNGs at the root, one per test image (matched by
+    ``<city>_<seq>_<frame>``), 8-bit single channel, the image's size, evaluated labelIds only."""
+    from cityscapesscripts.helpers.labels import labels
+
+    evaluated = {lab.id for lab in labels if not lab.ignoreInEval and lab.id >= 0}
+    images = {"_".join(p.name.split("_")[:3]): p for p in (data_root / "leftImg8bit" / "test").glob("*/*.png")}
+    problems, seen = [], []
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            if "/" in name or not name.endswith(".png"):
+                problems.append(f"{name}: not a PNG at the root")
+                continue
+            key = "_".join(name.split("_")[:3])
+            seen.append(key)
+            with Image.open(io.BytesIO(zf.read(name))) as im, Image.open(images[key]) as ref:
+                if im.mode != "L" or im.size != ref.size:
+                    problems.append(f"{name}: {im.mode} {im.size}")
+                if not set(np.unique(np.asarray(im)).tolist()) <= evaluated:
+                    problems.append(f"{name}: values outside the evaluated labelIds")
+    if sorted(seen) != sorted(images):
+        problems.append(f"{len(seen)} predictions for {len(images)} test images")
+    return problems
+
+
+def test_predict_then_package_apart_and_mlflow_record(city: Path, checkpoint: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`submit predict` and `submit package` run on their own; the archive passes an independent format check
+    and the MLflow submit run records the sha256 of the archive and of its manifest."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    preds, out = tmp_path / "preds", tmp_path / "sub.zip"
+    assert main_exit(["submit", "predict", "--method", "alignseg", "--checkpoint", str(checkpoint), "--data",
+                      str(city), "--out", str(preds), "--params", str(PARAMS), "--device", "cpu",
+                      "--workers", "0"]) == 0
+    assert (preds / MANIFEST).is_file()
+    summary = stages.submit_package(preds, out, city)
+    assert server_format_problems(out, city) == []
+    assert validate_archive(out, city).predictions == 3
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.data.params["archive_sha256"] == sha256_file(out)
+    assert run.data.params["manifest_sha256"] == sha256_file(manifest_path(out))
+    assert run.data.tags["stage"] == "submit"
+    (preds / sorted(p.name for p in preds.glob("*.png"))[0]).unlink()
+    assert main_exit(["submit", "package", "--pred", str(preds), "--out", str(tmp_path / "b.zip"), "--data", str(city),
+                      "--no-mlflow"]) == 1  # one prediction missing: refused, nothing written
+    assert not (tmp_path / "b.zip").exists()

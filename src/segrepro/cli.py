@@ -39,10 +39,28 @@ def data_synth(
     split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4."),
     size: Optional[str] = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
     seed: int = typer.Option(0, "--seed", help="Same seed gives byte-identical files."),
+    profile: str = typer.Option("default", "--profile", help="default (small, all-or-nothing) or full (Cityscapes: "
+                                "the real split sizes, cities and 1024x2048, parallel and resumable)."),
+    fraction: float = typer.Option(1.0, "--fraction", help="--profile full: each city's official count times F."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--profile full: processes (default: all cores)."),
 ) -> None:
     """Write a deterministic synthetic stand-in with the dataset's exact layout, names and encodings."""
-    from segrepro.data import synth_dataset
+    from segrepro.data import parse_size, synth_dataset
 
+    if profile == "full":
+        if dataset != "cityscapes" or split_sizes is not None:
+            raise UserError("--profile full: only for cityscapes, and it takes --fraction instead of --split-sizes")
+        from segrepro.data.cityscapes_full import synth_full
+
+        res = synth_full(out, fraction, parse_size(size or "1024x2048"), seed, workers)
+        typer.echo(f"synthetic cityscapes (full profile, fraction {fraction}) written to {res['root']}: "
+                   f"{res['images']} images ({res['skipped']} already complete), {res['bytes'] / 2**20:.0f} MiB "
+                   f"in {res['seconds']:.1f} s with {res['workers']} processes")
+        return
+    if profile != "default":
+        raise UserError(f"--profile {profile!r}: choose default or full")
+    if fraction != 1.0:
+        raise UserError("--fraction needs --profile full")
     typer.echo(f"synthetic {dataset} written to {synth_dataset(dataset, out, split_sizes, size, seed)}")
 
 
@@ -105,7 +123,8 @@ def metrics_cityscapes(
     pred_root: Path = typer.Option(..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."),
     split: str = typer.Option("val", "--split", help="gtFine split to evaluate."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."),
-    workers: int = typer.Option(2, "--workers", help="PNG decode processes (0: decode in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Decode processes (default: all cores; 0: in this process)."),
 ) -> None:
     """IoU/iIoU per class and category, equal to cityscapesscripts' evalPixelLevelSemanticLabeling."""
     from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders, write_result_json
@@ -206,6 +225,56 @@ submit_app = typer.Typer(help="Cityscapes test-server archives: build and valida
 app.add_typer(submit_app, name="submit")
 
 
+def _submit_model(method: str, checkpoint: Path, variant: Optional[str], recipe: Optional[str], params: Path,
+                  device: str, workers: int, tile_batch: int, strict_config: bool):
+    from segrepro import stages
+
+    return stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
+                               strict_config)
+
+
+@submit_app.command("predict")
+def submit_predict_cmd(
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
+    data: Path = typer.Option(..., "--data", help="Cityscapes root holding leftImg8bit/<split>."),
+    out: Path = typer.Option(..., "--out", help="Folder for the prediction PNGs (plus their manifest.json)."),
+    protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
+    split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
+) -> None:
+    """One 8-bit labelId PNG per image into a folder (e.g. on a GPU node); resumes after a crash.
+
+    Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
+    from segrepro import stages
+
+    trained = _submit_model(method, checkpoint, variant, recipe, params, device, workers, tile_batch, strict_config)
+    res = stages.submit_predict(trained, data, out, protocol, split)
+    typer.echo(f"{res['count']} predictions ({res['resumed']} resumed) in {res['predictions']}")
+
+
+@submit_app.command("package")
+def submit_package_cmd(
+    pred: Path = typer.Option(..., "--pred", help="Prediction folder written by `submit predict`."),
+    out: Path = typer.Option(..., "--out", help="Archive to write, e.g. sub.zip (+ sub.zip.manifest.json)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Cityscapes root: require one PNG per image of --split."),
+    split: str = typer.Option("test", "--split", help="Split the archive must cover (with --data)."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
+) -> None:
+    """Zip only the prediction PNGs; the manifest goes beside the archive, never inside."""
+    from segrepro import stages
+
+    res = stages.submit_package(pred, out, data, split, mlflow)
+    typer.echo(f"{res['predictions']} predictions zipped to {res['archive']} (sha256 {res['archive_sha256']}); "
+               f"manifest {res['manifest']}")
+
+
 @submit_app.command("build")
 def submit_build_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
@@ -220,16 +289,16 @@ def submit_build_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
     strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
-    """One 8-bit labelId PNG per image, zipped with a manifest.json; resumes after a crash.
+    """`submit predict` into OUT.parts/, then `submit package`: PNGs only in OUT, OUT.manifest.json beside it.
 
     Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
     from segrepro import stages
 
-    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
-                                  strict_config)
-    summary = stages.submit_build(trained, data, out, protocol, split)
+    trained = _submit_model(method, checkpoint, variant, recipe, params, device, workers, tile_batch, strict_config)
+    summary = stages.submit_build(trained, data, out, protocol, split, mlflow)
     typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
 
 
@@ -300,6 +369,8 @@ def bench_eval_cmd(
     device: str = typer.Option("cpu", "--device", help="Inference: cpu (tiny variants) or cuda (official variants)."),
     infer_size: Optional[str] = typer.Option(None, "--infer-size", help="Inference image HxW (default: 256x512 on CPU, 1024x2048 on CUDA)."),
     methods: str = typer.Option("alignseg,acfnet,gald,dgcnet,ann", "--methods", help="Inference: comma-separated methods."),
+    pairs_from: Optional[Path] = typer.Option(None, "--pairs-from", help="Metrics end to end, side by side in fresh "
+                                              "processes: --images val pairs replicated from this root's gtFine/val."),
 ) -> None:
     """Cityscapes metric speed vs cityscapesscripts (values checked equal); inference img/s per protocol."""
     import tempfile
@@ -308,6 +379,14 @@ def bench_eval_cmd(
 
     if part not in ("metrics", "inference", "all"):
         raise UserError(f"--part {part!r}: choose metrics, inference or all")
+    if pairs_from is not None:
+        from segrepro.evaluation.bench import bench_eval_folder, markdown_folder, replicate_val_pairs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            base = work_dir or Path(tmp)
+            gt_root, pred_root = replicate_val_pairs(pairs_from, base / "pairs", images)
+            typer.echo(markdown_folder(bench_eval_folder(gt_root, pred_root, base, workers or None)))
+        return
     if part in ("metrics", "all"):
         height, width = (int(v) for v in size.lower().split("x"))
         with tempfile.TemporaryDirectory() as tmp:
@@ -319,6 +398,33 @@ def bench_eval_cmd(
         rows = bench_inference([m.strip() for m in methods.split(",") if m.strip()], "r101" if cuda else "tiny",
                                device, ih, iw, repeats=repeats)
         typer.echo(markdown_inference(rows))
+
+
+@bench_app.command("scale")
+def bench_scale_cmd(
+    fraction: float = typer.Option(0.0625, "--fraction", help="Stand-in size: each city's official count times F."),
+    work_dir: Path = typer.Option(..., "--work-dir", help="Empty or new folder for the stand-in (deleted at the end)."),
+    size: str = typer.Option("1024x2048", "--size", help="Image size HxW (smaller only for quick checks)."),
+    stages_: str = typer.Option("synth,prepare,dvc,s3,metrics,submit,loader,mlflow", "--stages",
+                                help="Comma-separated stages to run (synth and prepare are needed by the others)."),
+    metrics_images: int = typer.Option(500, "--metrics-images", help="Val pairs replicated for the metrics stage."),
+    loader_images: int = typer.Option(8, "--loader-images", help="Timed images per loader configuration."),
+    dvc_jobs: int = typer.Option(8, "--dvc-jobs", help="DVC remote `jobs` for push/pull."),
+    s3_env: Optional[Path] = typer.Option(None, "--s3-env", help="s3.env from scripts/s3-server-up.sh (push/pull)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the work folder (default: delete it)."),
+) -> None:
+    """Each CPU-side stage at a fraction of the real Cityscapes size: seconds, peak RSS, stage figures (Markdown)."""
+    import json
+
+    from segrepro.bench_scale import bench_scale, markdown
+    from segrepro.io import atomic_write_text
+
+    report = bench_scale(work_dir, fraction, size, [s.strip() for s in stages_.split(",") if s.strip()],
+                         metrics_images, loader_images, (0, 1, 2), dvc_jobs, s3_env, keep)
+    typer.echo(markdown(report))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
 
 
 @bench_app.command("models")

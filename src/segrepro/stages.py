@@ -371,19 +371,23 @@ def evaluate(
     return summary
 
 
-def submit_build(
+def submit_predict(
     trained: TrainedModel, data: Path, out: Path, protocol: str = "official", split: str = "test"
 ) -> dict[str, Any]:
-    """Predict every image of the Cityscapes split and zip one labelId PNG each (resumable, atomic)."""
+    """Predict every image of the Cityscapes split into ``out`` (one labelId PNG each, plus manifest.json).
+
+    Resumable: PNGs are written atomically and a rerun skips those already there; a folder left by another
+    checkpoint, protocol or split is refused.
+    """
     from dataclasses import asdict
 
     from segrepro.data import get_dataset
     from segrepro.data.cityscapes import stem_of
+    from segrepro.data.manifest import sha256_file
     from segrepro.data.transforms import build_eval_transforms
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.predict import iter_predictions, save_prediction
-    from segrepro.data.manifest import sha256_file
-    from segrepro.submission.build import open_staging, prediction_name, write_archive
+    from segrepro.submission.build import open_prediction_dir, prediction_name
     from segrepro.tracking.mlflow_tracker import git_state
 
     method, checkpoint = trained.method, trained.checkpoint
@@ -392,23 +396,77 @@ def submit_build(
     dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     if dataset_name != "cityscapes":
         raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
-    out = Path(out)
     manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
                 "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
                 "protocol_settings": asdict(proto), "split": split, "format": "labelIds, 8-bit PNG, full size",
                 "git_sha": git_state()["git_sha"], "config": source}
     root, model = trained.root(cfg, data), trained.build(cfg)
-    stage = open_staging(out, manifest)
+    folder = open_prediction_dir(Path(out), manifest)
     dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = [prediction_name(stem_of(p)) for p in dataset.images]
-    done = sum((stage / n).is_file() for n in names)
+    done = sum((folder / n).is_file() for n in names)
     for pred in iter_predictions(model, dataset, proto, _device(trained.device), desc="submission",
-                                 skip=lambda i: (stage / names[i]).is_file(), workers=trained.workers,
+                                 skip=lambda i: (folder / names[i]).is_file(), workers=trained.workers,
                                  tile_batch=trained.tile_batch):
-        save_prediction(pred.classes, stage / names[pred.sample["index"]], "labelIds")
-    write_archive(stage, names, out)
-    return {"archive": str(out), "predictions": len(names), "resumed": done, "protocol": proto.describe(),
+        save_prediction(pred.classes, folder / names[pred.sample["index"]], "labelIds")
+    return {"predictions": str(folder), "count": len(names), "resumed": done, "protocol": proto.describe(),
             "config": source}
+
+
+def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: str = "test",
+                   track: bool = True) -> dict[str, Any]:
+    """Zip a prediction folder into a server archive (PNGs only) and write ``X.zip.manifest.json`` beside it.
+
+    With ``data``, exactly one prediction per image of the split is required; without it, every
+    ``*_leftImg8bit.png`` of the folder is packed. ``track`` logs a ``stage=submit`` MLflow run with the
+    sha256 of the archive and of its manifest (one process: rank 0 by construction).
+    """
+    from segrepro.submission.build import PREDICTION_SUFFIX, prediction_name, write_archive
+    from segrepro.submission.validate import split_images
+
+    pred_dir, out = Path(pred_dir), Path(out)
+    if not pred_dir.is_dir():
+        raise UserError(f"{pred_dir}: prediction folder not found; write it with `segrepro submit predict`")
+    if data is not None:
+        names = [prediction_name(stem) for stem in split_images(Path(data), split)]
+    else:
+        names = [p.name for p in pred_dir.glob(f"*{PREDICTION_SUFFIX}")]
+        if not names:
+            raise UserError(f"{pred_dir}: no *{PREDICTION_SUFFIX} predictions to package")
+    summary = write_archive(pred_dir, names, out)
+    if track:
+        from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
+
+        manifest = json.loads(Path(summary["manifest"]).read_text())
+        tags = {"stage": "submit", "method": str(manifest.get("method", "unknown")), "split": split, **git_state()}
+        params = {k: summary[k] for k in ("archive_sha256", "manifest_sha256", "predictions")}
+        params.update({k: manifest[k] for k in ("checkpoint_sha256", "protocol") if k in manifest})
+        tracker = MlflowTracker(run_name=f"{tags['method']}-submit", tags=tags, params=params)
+        status = "FAILED"
+        try:
+            tracker.log_file(Path(summary["manifest"]), "submission")
+            status = "FINISHED"
+        finally:
+            tracker.end(status)
+        summary["mlflow_run_id"] = tracker.run_id
+    return summary
+
+
+def submit_build(
+    trained: TrainedModel, data: Path, out: Path, protocol: str = "official", split: str = "test",
+    track: bool = True,
+) -> dict[str, Any]:
+    """:func:`submit_predict` into ``X.zip.parts/``, then :func:`submit_package`; the staging folder goes."""
+    import shutil
+
+    from segrepro.submission.build import staging_dir
+
+    out = Path(out)
+    predicted = submit_predict(trained, data, staging_dir(out), protocol, split)
+    packaged = submit_package(staging_dir(out), out, data, split, track)
+    shutil.rmtree(staging_dir(out))
+    return {**packaged, "predictions": predicted["count"], "resumed": predicted["resumed"],
+            "protocol": predicted["protocol"], "config": predicted["config"]}
 
 
 def submit_validate(archive: Path, data: Path, split: str = "test", max_mb: float | None = None) -> dict[str, Any]:

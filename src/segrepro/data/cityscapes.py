@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from segrepro.data.cityscapes_labels import IGNORE_INDEX, LABELS, class_names, label_to_train_lut, train_classes
@@ -70,8 +69,9 @@ def stem_of(path: Path) -> str:
 
 
 # -- reader ------------------------------------------------------------------------------------------
-class CityscapesDataset(Dataset):
-    """One split of Cityscapes in the official layout.
+class CityscapesDataset:
+    """One split of Cityscapes in the official layout (map-style: ``len`` and ``[i]``, all a DataLoader needs;
+    not a torch ``Dataset`` subclass, so ``data prepare`` and ``data synth`` start without importing torch).
 
     Labels are trainIds (uint8, 255 ignore): read from ``prepared``'s ``*_labelTrainIds.png`` when given,
     otherwise mapped from ``*_gtFine_labelIds.png`` with cityscapesscripts' table. The test split has no
@@ -180,15 +180,35 @@ def color_image(label: np.ndarray) -> np.ndarray:
 
 
 def polygons(label: np.ndarray, instance: np.ndarray) -> dict[str, Any]:
-    """Minimal valid ``*_gtFine_polygons.json``: one bounding-box polygon per class region / instance."""
+    """Minimal valid ``*_gtFine_polygons.json``: one bounding-box polygon per class region / instance.
+
+    Boxes come from two ``bincount`` passes (key × row, key × column) instead of one full-image mask per key.
+    """
+    h, w = label.shape
     key = label.astype(np.int64) * 100000 + (instance + 1)
-    objects = []
-    for k in np.unique(key):
-        ys, xs = np.nonzero(key == k)
-        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-        name = cs_labels.id2label[int(k // 100000)].name
-        objects.append({"label": name, "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]})
-    return {"imgHeight": int(label.shape[0]), "imgWidth": int(label.shape[1]), "objects": objects}
+    keys, dense = _dense_keys(key) if instance.max() < 1023 else np.unique(key, return_inverse=True)
+    dense = dense.reshape(h, w)
+    n = len(keys)
+    rows = np.bincount((dense * h + np.arange(h)[:, None]).ravel(), minlength=n * h).reshape(n, h) > 0
+    cols = np.bincount((dense * w + np.arange(w)[None, :]).ravel(), minlength=n * w).reshape(n, w) > 0
+    y0, y1 = rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
+    objects = [
+        {"label": cs_labels.id2label[int(k // 100000)].name,
+         "polygon": [[int(x0[i]), int(y0[i])], [int(x1[i]), int(y0[i])], [int(x1[i]), int(y1[i])],
+                     [int(x0[i]), int(y1[i])]]}
+        for i, k in enumerate(keys.tolist())
+    ]
+    return {"imgHeight": int(h), "imgWidth": int(w), "objects": objects}
+
+
+def _dense_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(key, return_inverse=True) for small non-negative keys, by counting instead of sorting."""
+    compact = (key // 100000) * 1024 + key % 100000  # the caller checked: fewer than 1023 instances per class
+    present = np.flatnonzero(np.bincount(compact.ravel()))
+    lut = np.zeros(present[-1] + 1, dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    return (present // 1024) * 100000 + present % 1024, lut[compact].ravel()
 
 
 def withheld_test_label(label: np.ndarray) -> np.ndarray:

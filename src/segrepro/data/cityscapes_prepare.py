@@ -5,12 +5,24 @@ PNG remapped with cityscapesscripts' table, datasets.md §1.3), ``lists/<split>.
 AlignSeg format (tab-separated image / labelIds paths relative to the raw root; test image-only) and
 ``manifest.json``. Structure is checked first (cheap); file contents are checked while converting into a
 temp folder that is discarded if any problem turns up, so a broken dataset leaves nothing behind.
+
+Scale: the per-image work runs in a process pool on all cores, one triple per worker at a time (memory does
+not grow with the dataset), and each output's sha256 comes from its encoded bytes. The manifest also records
+the size and mtime of every input (``sources``) and output, so a rerun on unchanged data reuses the outputs
+without decoding anything (linear in files either way; a rerun only stats them).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import io
+import json
+import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +30,13 @@ import numpy as np
 
 from segrepro.data import cityscapes as cs
 from segrepro.data.cityscapes_labels import label_to_train_lut
-from segrepro.data.manifest import write_manifest
+from segrepro.data.manifest import MANIFEST_NAME, write_manifest
 from segrepro.data.validate import (
     atomic_output_dir,
     check_same_size,
     check_values,
     pair_problems,
-    parallel_map,
+    process_map,
     problem,
     raise_problems,
     read_png,
@@ -38,6 +50,8 @@ _IMAGE_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_leftImg8bit\.png$")
 _GT_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_gtFine_(?:" + "|".join(k for k in cs.GT_KINDS) + r")\.(?:png|json)$")
 _OUTPUTS = (cs.GT_DIR, "lists", "manifest.json")
 _INSTANCE_BASES = np.array(sorted(cs.INSTANCE_LABEL_IDS))
+_CS_VERSION = importlib.metadata.version("cityscapesscripts")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,11 +142,24 @@ def _legal_instance(values: np.ndarray) -> np.ndarray:
     return (values <= cs.MAX_LABEL_ID) | ((values >= 1000) & np.isin(values // 1000, _INSTANCE_BASES))
 
 
-def _convert(root: Path, out: Path, rec: Record, lut: np.ndarray) -> list[str]:
-    """Check one image / labelIds / instanceIds triple and write its labelTrainIds; returns problems."""
-    img_p = cs.image_path(root, rec.split, rec.city, rec.stem)
-    lab_p = cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds")
-    inst_p = cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds")
+def _inputs(root: Path, rec: Record) -> tuple[Path, Path, Path]:
+    return (cs.image_path(root, rec.split, rec.city, rec.stem),
+            cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds"),
+            cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds"))
+
+
+def _output(rec: Record) -> str:
+    """The labelTrainIds file of ``rec``, relative to the prepared folder (its manifest key)."""
+    return cs.gt_path(Path(), rec.split, rec.city, rec.stem, "labelTrainIds").as_posix()
+
+
+def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[str], str | None]:
+    """Check one image / labelIds / instanceIds triple and write its labelTrainIds.
+
+    Returns (problems, sha256 of the written file): the digest comes from the encoded bytes, so the
+    manifest never reads the file back.
+    """
+    img_p, lab_p, inst_p = _inputs(root, rec)
     image, p_img = read_png(img_p, ("RGB",), "image")
     label, p_lab = read_png(lab_p, ("L",), "labelIds")
     inst, p_inst = read_png(inst_p, ("I;16", "I;16B", "I"), "instanceIds")
@@ -146,13 +173,65 @@ def _convert(root: Path, out: Path, rec: Record, lut: np.ndarray) -> list[str]:
         if image is not None:
             problems.append(check_same_size(img_p, image.shape, inst_p, inst.shape))
         if label is not None and inst.shape == label.shape and not any(problems):
-            base = np.where(inst >= 1000, inst.astype(np.int64) // 1000, inst)
-            n = int(np.count_nonzero(base != label))
+            n = _instance_disagreements(label, inst)
             problems.append(problem(inst_p, f"{n} pixels disagree with {lab_p.name}", "re-extract both files") if n else None)
     problems = [p for p in problems if p]
-    if not problems and label is not None:
-        write_png(cs.gt_path(out, rec.split, rec.city, rec.stem, "labelTrainIds"), lut[label])
-    return problems
+    if problems or label is None:
+        return problems, None
+    buf = io.BytesIO()
+    write_png(buf, lut[label])
+    data = buf.getvalue()
+    dst = out / _output(rec)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data)
+    return [], hashlib.sha256(data).hexdigest()
+
+
+def _instance_disagreements(label: np.ndarray, inst: np.ndarray) -> int:
+    """Pixels whose instanceId does not encode their labelId (``id`` or ``id*1000+k``)."""
+    base = inst if inst.max(initial=0) < 1000 else np.where(inst >= 1000, inst // 1000, inst)
+    return int(np.count_nonzero(base != label))
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _reusable(root: Path, old_out: Path, previous: dict, rec: Record) -> str | None:
+    """The previous output's sha256 when the three inputs and the output still have the size and mtime
+    the previous manifest recorded (so nothing needs decoding); otherwise None."""
+    sources = previous.get("sources", {})
+    for path in _inputs(root, rec):
+        key = path.relative_to(root).as_posix()
+        if key not in sources or _stat_key(path) != sources[key]:
+            return None
+    entry = previous.get("files", {}).get(_output(rec))
+    if not entry or _stat_key(old_out / _output(rec)) != [entry["size"], entry.get("mtime_ns")]:
+        return None
+    return entry["sha256"]
+
+
+def _previous_manifest(out: Path) -> dict:
+    """The manifest a previous run left in ``out``, when it was written by this converter; else {}."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    same = manifest.get("dataset") == cs.NAME and manifest.get("cityscapesscripts") == _CS_VERSION
+    return manifest if same and isinstance(manifest.get("sources"), dict) else {}
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Carry an unchanged output into the new folder: a hard link keeps its bytes and mtime without a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _write_lists(out: Path, records: list[Record]) -> None:
@@ -168,24 +247,46 @@ def _write_lists(out: Path, records: list[Record]) -> None:
         atomic_write_text(out / "lists" / f"{split}.txt", "".join(f"{line}\n" for line in lines))
 
 
-def prepare_cityscapes(root: Path, out: Path) -> Path:
-    """Validate ``root`` (DatasetError listing every problem) and write the prepared folder ``out``."""
+def prepare_cityscapes(root: Path, out: Path, workers: int | None = None) -> Path:
+    """Validate ``root`` (DatasetError listing every problem) and write the prepared folder ``out``.
+
+    A rerun reuses every output whose inputs and output keep the size and mtime of the previous manifest
+    (hard-linked into the new folder, never decoded); the rest is checked and converted on all cores.
+    """
     root, out = Path(root).resolve(), Path(out).resolve()
     records, counts, problems = _structure(root)
     raise_problems(problems)
     lut = label_to_train_lut()
+    previous = _previous_manifest(out)
     with atomic_output_dir(out, replaceable=_OUTPUTS) as tmp:
-        results = parallel_map(lambda rec: _convert(root, tmp, rec, lut), records, desc="prepare cityscapes")
-        raise_problems([p for ps in results for p in ps])
+        known: dict[str, str] = {}
+        todo = []
+        for rec in records:
+            digest = _reusable(root, out, previous, rec) if previous else None
+            if digest is None:
+                todo.append(rec)
+            else:
+                _link(out / _output(rec), tmp / _output(rec))
+                known[_output(rec)] = digest
+        if previous:
+            log.info("prepare cityscapes: %d of %d images unchanged since the manifest (size and mtime match): "
+                     "skipped; %d to check and convert", len(records) - len(todo), len(records), len(todo))
+        results = process_map(functools.partial(_convert, root, tmp, lut), todo, desc="prepare cityscapes",
+                              workers=workers)
+        raise_problems([p for ps, _ in results for p in ps])
+        known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results)})
         _write_lists(tmp, records)
+        sources = {path.relative_to(root).as_posix(): _stat_key(path) for rec in records for path in _inputs(root, rec)}
         write_manifest(
             tmp,
             cs.NAME,
             counts,
             {
                 "label_source": "gtFine labelIds remapped with cityscapesscripts.helpers.labels (trainId, 255 ignore)",
-                "cityscapesscripts": importlib.metadata.version("cityscapesscripts"),
+                "cityscapesscripts": _CS_VERSION,
                 "lists": "image<TAB>labelIds paths relative to the dataset root; test is image-only",
+                "sources": sources,
             },
+            known,
         )
     return out

@@ -25,19 +25,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None) -> dict:
-    """Manifest of every file under ``folder`` (except the manifest itself), keys in sorted order."""
-    files = {
-        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
+def file_entry(path: Path, sha256: str | None = None) -> dict[str, Any]:
+    """sha256, size and mtime (ns) of one file; the mtime lets a rerun skip files that did not change."""
+    st = path.stat()
+    return {"sha256": sha256 or sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def build_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None,
+                   known_sha256: Mapping[str, str] | None = None) -> dict:
+    """Manifest of every file under ``folder`` (except the manifest itself), keys in sorted order.
+
+    ``known_sha256`` (relative path → digest) holds digests the caller already has (computed from the bytes
+    it wrote, or reused from the previous manifest), so those files are not read again.
+    """
+    known = known_sha256 or {}
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST_NAME:
+            rel = p.relative_to(folder).as_posix()
+            files[rel] = file_entry(p, known.get(rel))
     return {"dataset": dataset, "counts": dict(counts), **dict(extra or {}), "files": files}
 
 
-def write_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None) -> dict:
+def write_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None,
+                   known_sha256: Mapping[str, str] | None = None) -> dict:
     """Build and write ``folder/manifest.json``; returns the manifest."""
-    manifest = build_manifest(folder, dataset, counts, extra)
+    manifest = build_manifest(folder, dataset, counts, extra, known_sha256)
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
@@ -52,6 +65,6 @@ def verify_manifest(folder: Path) -> list[str]:
     problems += [
         f"{folder / k}: content differs from the manifest; re-run segrepro data prepare"
         for k in sorted(listed.keys() & actual.keys())
-        if listed[k] != actual[k]
+        if (listed[k]["sha256"], listed[k]["size"]) != (actual[k]["sha256"], actual[k]["size"])
     ]
     return problems

@@ -78,8 +78,8 @@ def make_appearance(n: int, seed: int) -> Appearance:
         stripe_dir=direction,
         period=rng.choice(np.array([3.0, 4.0, 6.0, 8.0, 12.0]), size=n),
         angle=rng.choice(np.array([0.0, 0.25, 0.5, 0.75]) * math.pi, size=n) + rng.uniform(-0.1, 0.1, n),
-        amp=rng.uniform(14.0, 26.0, size=n),
-        aspect=rng.uniform(0.35, 2.2, size=n),
+        amp=rng.uniform(8.0, 16.0, size=n),  # below half the colour spacing: colour stays the main cue
+        aspect=rng.uniform(0.7, 2.0, size=n),  # no sliver classes: each object class keeps some area
         shape=rng.integers(0, 3, size=n),
     )
 
@@ -200,9 +200,9 @@ class SceneComposer:
     def _object(self, cv: _Canvas, cls: int, y_b: float, horizon: float, rng: np.random.Generator) -> None:
         h, w = cv.h, cv.w
         near = (y_b - horizon) / max(h - horizon, 1.0)
-        height = h * rng.uniform(0.12, 0.3) * (0.5 + 0.8 * near)
-        if self.classes[cls].role == "thin":
-            height, width = height * 1.6, max(3.0, w * rng.uniform(0.008, 0.02))
+        height = h * rng.uniform(0.15, 0.32) * (0.6 + 0.8 * near)
+        if self.classes[cls].role == "thin":  # a stride-8 tiny model must still see a pole at 0.5x scale
+            height, width = height * 1.6, max(4.0, w * rng.uniform(0.02, 0.035))
         else:
             width = min(w * 0.4, height * self.appearance.aspect[cls] * rng.uniform(0.8, 1.25))
         cx = rng.uniform(0, w)
@@ -227,18 +227,25 @@ class SceneComposer:
 
     # -- rendering ----------------------------------------------------------------------------------
     def _render(self, cv: _Canvas, rng: np.random.Generator) -> Scene:
+        """Per-class trig/frequency tables indexed per pixel and in-place sums: the same float64 operations in
+        the same order as the plain formula (byte-identical scenes), at a fraction of the temporaries."""
         app, idx = self.appearance, cv.index
-        wave = 2 * math.pi / app.period[idx] * (cv.xs * np.cos(app.angle[idx]) + cv.ys * np.sin(app.angle[idx]))
-        stripes = (app.amp[idx] * np.sin(wave))[..., None] * app.stripe_dir[idx]
+        wave = cv.xs * np.take(np.cos(app.angle), idx)
+        wave += cv.ys * np.take(np.sin(app.angle), idx)
+        wave *= np.take(2 * math.pi / app.period, idx)
+        np.sin(wave, out=wave)
+        wave *= np.take(app.amp, idx)
         offsets = rng.normal(0.0, self.region_sigma, size=(cv.regions, 3))
         noise = rng.normal(0.0, self.noise_sigma, size=(cv.h, cv.w, 3))
-        gain = rng.uniform(0.9, 1.1)
-        image = (app.colour[idx] + stripes + offsets[cv.region] + noise) * gain
-        return Scene(
-            label=self.values[idx],
-            instance=cv.instance,
-            image=np.clip(np.rint(image), 0, 255).astype(np.uint8),
-        )
+        gain = rng.uniform(0.95, 1.05)
+        image = np.take(app.colour, idx, axis=0)
+        image += wave[..., None] * np.take(app.stripe_dir, idx, axis=0)
+        image += np.take(offsets, cv.region, axis=0)
+        image += noise
+        image *= gain
+        np.rint(image, out=image)
+        np.clip(image, 0, 255, out=image)
+        return Scene(label=self.values[idx], instance=cv.instance, image=image.astype(np.uint8))
 
     def _index_of(self, values: np.ndarray) -> set[int]:
         present = set(values.tolist())

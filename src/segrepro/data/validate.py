@@ -8,13 +8,14 @@ partial output.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -68,9 +69,16 @@ def check_same_size(ref: Path, ref_shape: tuple[int, ...], other: Path, other_sh
     )
 
 
+def present_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values, like ``np.unique``; 8/16-bit maps are counted (one pass) rather than sorted."""
+    if array.dtype in (np.uint8, np.uint16) and array.size:
+        return np.flatnonzero(np.bincount(array.ravel())).astype(array.dtype)
+    return np.unique(array)
+
+
 def check_values(path: Path, array: np.ndarray, legal: Callable[[np.ndarray], np.ndarray], what: str) -> str | None:
     """Problem line listing the first illegal values (``legal`` maps unique values to a bool mask)."""
-    values = np.unique(array)
+    values = present_values(array)
     bad = values[~legal(values)]
     if len(bad) == 0:
         return None
@@ -135,19 +143,43 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: i
         return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="file"))
 
 
+def process_map(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int | None = None,
+                chunksize: int = 4) -> list[R]:
+    """Ordered map over processes (all cores by default) with a progress bar; ``fn`` must be picklable.
+
+    Why processes: the per-file checks mix PNG decoding with numpy passes and Python work, and threads
+    leave cores idle on the parts that hold the GIL. Each worker holds one item at a time, so memory does
+    not grow with the dataset; only the (small) results come back.
+    """
+    workers = max(1, workers or os.cpu_count() or 1)
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    out = []
+    with tqdm(total=len(items), desc=desc, unit="file") as bar, contextlib.ExitStack() as stack:
+        if workers == 1 or len(items) < 2:
+            results = map(fn, items)
+        else:
+            results = stack.enter_context(ctx.Pool(min(workers, len(items)))).imap(fn, items, chunksize=chunksize)
+        for result in results:
+            out.append(result)
+            bar.update(1)
+    return out
+
+
 def default_prepared_dir(root: Path) -> Path:
     """Sibling ``<root>_prepared``, so DVC can track raw and prepared data separately."""
     root = Path(root).resolve()
     return root.with_name(f"{root.name}_prepared")
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path | BinaryIO, array: np.ndarray, compress_level: int = 6) -> None:
     """PNG without timestamps or text chunks, so equal arrays give byte-identical files.
 
     The mode follows the dtype/shape: uint8 HxW → L, HxWx3 → RGB, HxWx4 → RGBA, uint16 HxW → I;16.
+    ``compress_level`` 1 encodes a noisy 1024×2048 RGB image about 20 % faster than 6 for 7 % more bytes.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=6)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=compress_level)
 
 
 @contextlib.contextmanager

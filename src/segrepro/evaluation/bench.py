@@ -12,6 +12,7 @@ back only while the official code runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segrepro.errors import UserError
 from segrepro.evaluation.cityscapes_metrics import (
     CityscapesEvaluator,
     evaluate_cityscapes_folders,
@@ -283,3 +285,85 @@ def markdown_inference(rows: list[dict]) -> str:
     lines += [f"| {r['method']} | {r['variant']} | {r['protocol']} | {r['size']} | {r['device']} | {r['img_per_s']:.2f} |"
               for r in rows]
     return "\n".join(lines)
+
+
+# -- end to end on a folder of pairs, as a user runs it -----------------------------------------------
+
+
+def replicate_val_pairs(src_root: Path, dst: Path, n_images: int, seed: int = 0) -> tuple[Path, Path]:
+    """``n_images`` val pairs under new names, cycling through ``src_root``'s gtFine/val (e.g. a stand-in).
+
+    GT files are copied byte for byte; each source's prediction is its labelIds with a quarter of 32-px
+    blocks replaced by random labelIds, written once and copied for every replica. Returns (gt_root, pred_root).
+    """
+    import shutil
+
+    sources = sorted((Path(src_root) / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    if not sources:
+        raise UserError(f"{src_root}: no gtFine/val/<city>/*_gtFine_labelIds.png to replicate")
+    rng = np.random.default_rng(seed)
+    dst = Path(dst)
+    preds = []
+    for k, src in enumerate(sources):
+        with Image.open(src) as im:
+            gt = np.array(im)
+        h, w = gt.shape
+        blocks = rng.random((-(-h // 32), -(-w // 32))) < 0.25
+        wrong = np.kron(blocks, np.ones((32, 32), dtype=bool))[:h, :w]
+        noise = np.kron(rng.integers(0, 34, size=blocks.shape), np.ones((32, 32), dtype=np.int64))[:h, :w]
+        path = dst / "pred_sources" / f"{k:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.where(wrong, noise, gt).astype(np.uint8)).save(path, compress_level=6)
+        preds.append(path)
+    for i in range(n_images):
+        src = sources[i % len(sources)]
+        city = src.parent.name
+        stem = f"{city}_{i:06d}_000019"
+        gt_dir, pred_dir = dst / "gtFine" / "val" / city, dst / "results" / city
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, gt_dir / f"{stem}_gtFine_labelIds.png")
+        inst = src.with_name(src.name.replace("_labelIds.png", "_instanceIds.png"))
+        shutil.copyfile(inst, gt_dir / f"{stem}_gtFine_instanceIds.png")
+        shutil.copyfile(preds[i % len(sources)], pred_dir / f"{stem}_leftImg8bit.png")
+    shutil.rmtree(dst / "pred_sources")
+    return dst, dst / "results"
+
+
+def run_official_cli(gt_root: str, pred_root: str, json_out: str) -> None:
+    """What the side-by-side bench runs in a fresh interpreter: the official flow, result written as JSON."""
+    with official_evaluator() as ev:
+        result = official_folder_result(ev, Path(gt_root), Path(pred_root))
+    Path(json_out).write_text(json.dumps({k: result[k] for k in ("confMatrix", *SCORE_FIELDS, *AVERAGE_FIELDS)}))
+
+
+def bench_eval_folder(gt_root: Path, pred_root: Path, work_dir: Path, workers: int | None = None) -> dict:
+    """Both evaluators end to end in fresh processes, start-up included, on the same folder; values compared."""
+    import subprocess
+    import sys
+
+    def timed(argv: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return time.perf_counter() - start
+
+    ours_json, official_json = Path(work_dir) / "ours.json", Path(work_dir) / "official.json"
+    cmd = [sys.executable, "-m", "segrepro.cli", "metrics", "cityscapes", "--gt-root", str(gt_root),
+           "--pred-root", str(pred_root), "--json", str(ours_json)] + (["--workers", str(workers)] if workers else [])
+    ours_s = timed(cmd)
+    official_s = timed([sys.executable, "-c", "import sys; from segrepro.evaluation.bench import run_official_cli; "
+                        "run_official_cli(*sys.argv[1:])", str(gt_root), str(pred_root), str(official_json)])
+    n_images = len(list((Path(gt_root) / "gtFine" / "val").glob("*/*_gtFine_labelIds.png")))
+    ours = json.loads(ours_json.read_text())
+    return {"machine": machine(), "load_average": os.getloadavg()[0], "images": n_images,
+            "workers": workers or os.cpu_count(), "ours_s": ours_s, "official_s": official_s,
+            "speedup": official_s / ours_s,
+            "max_abs_difference": max_difference(json.loads(official_json.read_text()), ours)}
+
+
+def markdown_folder(f: dict) -> str:
+    return (f"| end to end, fresh processes (start-up included), {f['images']} pairs, {f['workers']} decode workers "
+            f"| {f['official_s']:.2f} s | {f['ours_s']:.2f} s | {f['speedup']:.1f}× |\n\n"
+            f"Machine: {f['machine']}; load average {f['load_average']:.1f}. Largest absolute difference over every "
+            f"score and average: {f['max_abs_difference']:.1e}.")

@@ -14,12 +14,16 @@ each. Here one pass over the pixels gives both the confusion matrix and an insta
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numba
 import numpy as np
-import torch
 
 from segrepro.data import cityscapes_labels as csl
-from segrepro.evaluation.confusion import LANES, bincount_confusion
+from segrepro.evaluation.basics import LANES
+
+if TYPE_CHECKING:
+    import torch
 
 N = csl.NUM_LABEL_IDS  # 34 labelIds, 0..33
 FIRST_INST = min(lab.id for lab in csl.LABELS if lab.hasInstances)  # 24 (person): instance classes are 24..33
@@ -120,6 +124,10 @@ def fused_histograms(pred: np.ndarray, gt: np.ndarray,
 def device_histograms(pred: torch.Tensor, gt: torch.Tensor,
                       inst: torch.Tensor | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """:func:`fused_histograms` with ``bincount`` on the inputs' device; ``conf`` stays there."""
+    import torch
+
+    from segrepro.evaluation.confusion import bincount_confusion
+
     for what, t in (("prediction", pred), ("ground truth", gt)):
         _check_ids(what, *((0, int(t.max())) if t.dtype == torch.uint8 else (int(v) for v in torch.aminmax(t))))
     n_rows = 1 if inst is None else _instance_rows(*(int(v) for v in torch.aminmax(inst)))

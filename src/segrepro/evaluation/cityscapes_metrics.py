@@ -15,16 +15,18 @@ from __future__ import annotations
 import bisect
 import json
 import multiprocessing
+import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
 from tqdm import tqdm
 
 from segrepro.errors import UserError
+from segrepro.evaluation.basics import nanmean
 from segrepro.evaluation.cityscapes_counts import (
     CATEGORY_NAMES,
     LABEL_NAMES,
@@ -34,8 +36,34 @@ from segrepro.evaluation.cityscapes_counts import (
     fused_histograms,
     instance_terms,
 )
-from segrepro.evaluation.confusion import as_tensor, nanmean
 from segrepro.io import atomic_write_text
+
+if TYPE_CHECKING:  # torch is imported where tensors are used: the PNG-folder path runs without it
+    import torch
+
+# The accumulator's entries: shape and whether they hold float64 weights (else int64 counts).
+STATE_SPEC: dict[str, tuple[tuple[int, ...], bool]] = {
+    "conf": ((N, N), False), "inst_count": ((N,), False), "inst_tp": ((N,), False), "inst_fn": ((N,), False),
+    "inst_tp_w": ((N,), True), "inst_fn_w": ((N,), True), "cat_tp_w": ((len(CATEGORY_NAMES),), True),
+    "cat_fn_w": ((len(CATEGORY_NAMES),), True), "images": ((), False),
+}
+
+
+def zero_state() -> dict[str, np.ndarray]:
+    """An empty accumulator state as numpy arrays (what workers send back and the folder path sums)."""
+    return {k: np.zeros(shape, dtype=np.float64 if weights else np.int64) for k, (shape, weights) in STATE_SPEC.items()}
+
+
+def image_state(pred: np.ndarray, gt: np.ndarray, inst: np.ndarray | None) -> dict[str, np.ndarray]:
+    """One image's additions to the state on CPU (one fused numba pass); ValueError for ids outside 0..33."""
+    conf, ids, hist = fused_histograms(pred, gt, inst)
+    state = zero_state()
+    state["conf"] += conf
+    if len(ids):
+        for key, value in instance_terms(ids, hist).items():
+            state[key] += value.astype(state[key].dtype)
+    state["images"] += 1
+    return state
 
 
 
@@ -111,24 +139,13 @@ class CityscapesEvaluator:
     """
 
     def __init__(self, device: torch.device | str = "cpu", fused: bool | None = None) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.fused = self.device.type == "cpu" if fused is None else fused
         if self.fused and self.device.type != "cpu":
             raise ValueError("the fused numba pass runs on CPU; use fused=False for device tensors")
-        n_cat = len(CATEGORY_NAMES)
-        f64 = {"dtype": torch.float64, "device": self.device}
-        i64 = {"dtype": torch.int64, "device": self.device}
-        self.state: dict[str, torch.Tensor] = {
-            "conf": torch.zeros(N, N, **i64),
-            "inst_count": torch.zeros(N, **i64),
-            "inst_tp": torch.zeros(N, **i64),
-            "inst_fn": torch.zeros(N, **i64),
-            "inst_tp_w": torch.zeros(N, **f64),
-            "inst_fn_w": torch.zeros(N, **f64),
-            "cat_tp_w": torch.zeros(n_cat, **f64),
-            "cat_fn_w": torch.zeros(n_cat, **f64),
-            "images": torch.zeros((), **i64),
-        }
+        self.state: dict[str, torch.Tensor] = {k: torch.from_numpy(v).to(self.device) for k, v in zero_state().items()}
 
     def update(self, pred_label_ids: torch.Tensor | np.ndarray, gt_label_ids: torch.Tensor | np.ndarray,
                gt_instance_ids: torch.Tensor | np.ndarray | None = None) -> None:
@@ -137,6 +154,10 @@ class CityscapesEvaluator:
         On CPU one fused numba pass per image (:mod:`.cityscapes_counts`); elsewhere ``bincount`` on the
         device. Raises ValueError for shapes that differ or ids outside 0..33 (the official script crashes).
         """
+        import torch
+
+        from segrepro.evaluation.confusion import as_tensor
+
         maps = {"prediction": pred_label_ids, "ground truth": gt_label_ids, "instance map": gt_instance_ids}
         maps = {k: v for k, v in maps.items() if v is not None}
         shape = tuple(pred_label_ids.shape)
@@ -161,49 +182,55 @@ class CityscapesEvaluator:
 
     def merge(self, other: CityscapesEvaluator | dict[str, torch.Tensor | np.ndarray]) -> CityscapesEvaluator:
         """In-place sum of another accumulator or its :attr:`state` (another process, shard or worker)."""
+        from segrepro.evaluation.confusion import as_tensor
+
         state = other.state if isinstance(other, CityscapesEvaluator) else other
         for k, v in state.items():
             self.state[k] += as_tensor(v, self.device)
         return self
 
     def compute(self) -> CityscapesResult:
-        s = {k: v.cpu().numpy() for k, v in self.state.items()}
-        conf = s["conf"]
-        ev = TABLES["evaluated"]
-        tp = np.diagonal(conf)
-        fn = conf.sum(1) - tp
-        fp = conf[ev].sum(0) - np.where(ev, tp, 0)  # GT rows of non-ignored labels other than c
-        class_scores, class_inst = {}, {}
-        for i, name in enumerate(LABEL_NAMES):
-            class_scores[name] = _score(float(tp[i]), int(fp[i]), int(fn[i])) if ev[i] else float("nan")
-            class_inst[name] = (_score(s["inst_tp_w"][i], int(fp[i]), s["inst_fn_w"][i])
-                                if TABLES["inst_class"][i] else float("nan"))
-        cat_scores, cat_inst = {}, {}
-        for k, cat in enumerate(CATEGORY_NAMES):
-            others = ev & (TABLES["cat_of"] != k)  # non-ignored GT rows outside the category
-            ids = TABLES["cat_iou"][k]
-            if ids.any():
-                c_tp = int(conf[np.ix_(ids, ids)].sum())
-                cat_scores[cat] = _score(float(c_tp), int(conf[np.ix_(others, ids)].sum()), int(conf[ids].sum()) - c_tp)
-            else:
-                cat_scores[cat] = float("nan")
-            ids = TABLES["cat_inst"][k]
-            cat_inst[cat] = (_score(s["cat_tp_w"][k], int(conf[np.ix_(others, ids)].sum()), s["cat_fn_w"][k])
-                             if ids.any() else float("nan"))
-        extras = {
-            "num_images": int(s["images"]),
-            "num_pixels": int(conf.sum()),
-            "class_counts": {LABEL_NAMES[i]: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])}
-                             for i in range(N) if ev[i]},
-            "instance_counts": {LABEL_NAMES[i]: {"instances": int(s["inst_count"][i]), "tp": int(s["inst_tp"][i]),
-                                                 "fn": int(s["inst_fn"][i])}
-                                for i in range(N) if TABLES["inst_class"][i]},
-        }
-        return CityscapesResult(class_scores, class_inst, cat_scores, cat_inst, conf.copy(), extras)
+        return scores_from_state({k: v.cpu().numpy() for k, v in self.state.items()})
+
+
+def scores_from_state(s: Mapping[str, np.ndarray]) -> CityscapesResult:
+    """The official formulas applied to an accumulated state (numpy arrays keyed as :data:`STATE_SPEC`)."""
+    conf = s["conf"]
+    ev = TABLES["evaluated"]
+    tp = np.diagonal(conf)
+    fn = conf.sum(1) - tp
+    fp = conf[ev].sum(0) - np.where(ev, tp, 0)  # GT rows of non-ignored labels other than c
+    class_scores, class_inst = {}, {}
+    for i, name in enumerate(LABEL_NAMES):
+        class_scores[name] = _score(float(tp[i]), int(fp[i]), int(fn[i])) if ev[i] else float("nan")
+        class_inst[name] = (_score(s["inst_tp_w"][i], int(fp[i]), s["inst_fn_w"][i])
+                            if TABLES["inst_class"][i] else float("nan"))
+    cat_scores, cat_inst = {}, {}
+    for k, cat in enumerate(CATEGORY_NAMES):
+        others = ev & (TABLES["cat_of"] != k)  # non-ignored GT rows outside the category
+        ids = TABLES["cat_iou"][k]
+        if ids.any():
+            c_tp = int(conf[np.ix_(ids, ids)].sum())
+            cat_scores[cat] = _score(float(c_tp), int(conf[np.ix_(others, ids)].sum()), int(conf[ids].sum()) - c_tp)
+        else:
+            cat_scores[cat] = float("nan")
+        ids = TABLES["cat_inst"][k]
+        cat_inst[cat] = (_score(s["cat_tp_w"][k], int(conf[np.ix_(others, ids)].sum()), s["cat_fn_w"][k])
+                         if ids.any() else float("nan"))
+    extras = {
+        "num_images": int(s["images"]),
+        "num_pixels": int(conf.sum()),
+        "class_counts": {LABEL_NAMES[i]: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])}
+                         for i in range(N) if ev[i]},
+        "instance_counts": {LABEL_NAMES[i]: {"instances": int(s["inst_count"][i]), "tp": int(s["inst_tp"][i]),
+                                             "fn": int(s["inst_fn"][i])}
+                            for i in range(N) if TABLES["inst_class"][i]},
+    }
+    return CityscapesResult(class_scores, class_inst, cat_scores, cat_inst, conf.copy(), extras)
 
 
 def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 # --- PNG folders in the official layout -------------------------------------------------------------
@@ -238,10 +265,12 @@ def find_cityscapes_pairs(gt_root: Path, pred_root: Path, split: str = "val") ->
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """Decode once, with the fast decoder for the plain layouts (Pillow otherwise)."""
+    from segrepro.data.png import read_png_array
+
     try:
-        with Image.open(path) as img:
-            arr = np.array(img)
-    except (OSError, ValueError) as err:
+        arr, _ = read_png_array(path)
+    except (OSError, ValueError, SyntaxError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
     if arr.ndim != 2:
         raise UserError(f"{path} has {arr.shape[2]} channels; predictions must be single-channel labelId PNGs")
@@ -249,40 +278,42 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def _evaluate_pair(pair: tuple[Path, Path, Path]) -> dict[str, np.ndarray]:
-    """Decode and accumulate one image (in a worker); only the small state travels back."""
+    """Decode and count one image (in a worker); only the small numpy state travels back."""
     pred_path, gt_path, inst_path = pair
     pred, gt, inst = _read_png(pred_path), _read_png(gt_path), _read_png(inst_path)
-    if pred.shape != gt.shape:
-        raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} is "
-                        f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the GT size")
-    acc = CityscapesEvaluator()
+    for path, arr in ((gt_path, gt), (inst_path, inst)):
+        if arr.shape != pred.shape:
+            raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {path} is "
+                            f"{arr.shape[1]}x{arr.shape[0]}; predictions must have the GT size")
     try:
-        acc.update(pred, gt, inst)
+        return image_state(pred, gt, inst)
     except ValueError as err:
         raise UserError(f"{pred_path} (ground truth {gt_path.name}): {err}") from None
-    return {k: v.numpy() for k, v in acc.state.items()}
 
 
-def evaluate_cityscapes_folders(gt_root: Path, pred_root: Path, split: str = "val", workers: int = 2,
+def evaluate_cityscapes_folders(gt_root: Path, pred_root: Path, split: str = "val", workers: int | None = None,
                                 progress: bool = True) -> CityscapesResult:
-    """The official evaluator's numbers for a folder of labelId PNGs, decoding in ``workers`` processes."""
+    """The official evaluator's numbers for a folder of labelId PNGs, decoding in ``workers`` processes
+    (default: every core; 0 decodes in this process). Needs neither torch nor a GPU."""
     pairs = find_cityscapes_pairs(gt_root, pred_root, split)
-    acc = CityscapesEvaluator()
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    state = zero_state()
     bar = tqdm(total=len(pairs), desc="cityscapes metrics", unit="img", disable=not progress)
     pool = None
-    if workers > 0:
+    if workers > 0 and len(pairs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads,
-                                   initargs=(1,))
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pairs)), mp_context=ctx)
     try:
-        for state in (pool.map(_evaluate_pair, pairs) if pool else map(_evaluate_pair, pairs)):
-            acc.merge(state)
+        chunk = max(1, min(16, len(pairs) // (4 * max(workers, 1))))
+        for image in (pool.map(_evaluate_pair, pairs, chunksize=chunk) if pool else map(_evaluate_pair, pairs)):
+            for k, v in image.items():
+                state[k] += v
             bar.update(1)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
     bar.close()
-    result = acc.compute()
+    result = scores_from_state(state)
     result.extras.update({"gt_root": str(gt_root), "pred_root": str(pred_root), "split": split})
     return result
 

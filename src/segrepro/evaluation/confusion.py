@@ -13,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from segrepro.evaluation.basics import LANES, nanmean  # noqa: F401 (nanmean: re-exported)
+
 
 def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     """Zero-copy view of a label map as a tensor (moved to ``device`` when given).
@@ -28,8 +30,6 @@ def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) 
     return x.to(device) if device is not None and x.device != device else x
 
 
-LANES = 4  # sub-histograms: neighbouring pixels count into different bins, so long runs of one label
-# do not serialise bincount's increments (about 1.4x faster on CPU); summed away afterwards.
 
 
 def _key_dtype(n_bins: int) -> torch.dtype:
@@ -68,12 +68,6 @@ def iou_from_confusion(tp: torch.Tensor | np.ndarray, fp: torch.Tensor | np.ndar
     denom = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, tp / np.where(denom > 0, denom, 1.0), np.nan)
-
-
-def nanmean(values: np.ndarray) -> float:
-    """Mean over the non-NaN entries, NaN when there are none; summed left to right like cityscapesscripts."""
-    valid = [float(v) for v in np.asarray(values, dtype=np.float64).ravel() if not np.isnan(v)]
-    return sum(valid) / len(valid) if valid else float("nan")
 
 
 @dataclass(frozen=True)

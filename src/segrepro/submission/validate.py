@@ -4,15 +4,20 @@ Every problem becomes one line; :func:`check_archive` returns them all and :func
 raises :class:`SubmissionError` (first 20 + a count, exit code 2) when there is any. Rules (reference
 cityscapes_eval_and_submission.md §3): exactly one ``<city>_<seq>_<frame>*.png`` per image of the split,
 8-bit single channel (``L`` or ``P``), the image's size, values among the evaluated labelIds; no absolute
-or ``..`` names, symlinks, nested archives, encrypted members or other files; bounded sizes.
+or ``..`` names, symlinks, nested archives, encrypted members or other files (the manifest included);
+bounded sizes. Entries are read one at a time and decoded on all cores with at most two per core in flight,
+so memory does not grow with the archive.
 """
 
 from __future__ import annotations
 
+import collections
 import io
+import os
 import re
 import stat
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +26,8 @@ from PIL import Image
 
 from segrepro.data import cityscapes_labels
 from segrepro.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, stem_of
+from segrepro.data.png import decode_png
+from segrepro.data.validate import present_values
 from segrepro.errors import DatasetError, UserError
 from segrepro.submission.build import MANIFEST
 
@@ -70,14 +77,20 @@ def _unsafe_name(info: zipfile.ZipInfo) -> str | None:
 def _check_png(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
     if not data.startswith(PNG_MAGIC):
         return [f"{name}: not a PNG file (use 8-bit PNG, no JPEG)"]
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            mode, im_size = im.mode, im.size
-            if mode not in ("L", "P"):
-                return [f"{name}: mode {mode}; the server needs one 8-bit channel (mode L), not colour or 16-bit"]
-            values = np.unique(np.asarray(im))
-    except Exception as err:  # truncated or corrupt PNG
-        return [f"{name}: unreadable PNG ({type(err).__name__})"]
+    fast = decode_png(data)
+    if fast is not None:
+        array, mode = fast
+    else:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                mode = im.mode
+                array = np.asarray(im) if mode in ("L", "P") else None
+        except Exception as err:  # truncated or corrupt PNG
+            return [f"{name}: unreadable PNG ({type(err).__name__})"]
+    if mode not in ("L", "P"):
+        return [f"{name}: mode {mode}; the server needs one 8-bit channel (mode L), not colour or 16-bit"]
+    values = present_values(array)
+    im_size = (array.shape[1], array.shape[0])
     problems = []
     if im_size != size:
         problems.append(f"{name}: size {im_size[0]}x{im_size[1]}, its image is {size[0]}x{size[1]} (full resolution needed)")
@@ -86,6 +99,11 @@ def _check_png(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
         hint = " (trainIds? convert with train_to_label_lut)" if int(values.max()) <= 18 else ""
         problems.append(f"{name}: values {bad[:8]} are not evaluated labelIds{hint}")
     return problems
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:  # reads the header only
+        return im.size
 
 
 def check_archive(archive: Path, data_root: Path, split: str = "test",
@@ -102,6 +120,9 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
     if not zipfile.is_zipfile(archive):
         return problems + [f"{archive}: not a zip archive"], ArchiveSummary(0, total)
     found: dict[str, list[str]] = {}
+    workers = os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=workers)  # zlib-ng and the numba unfilter release the GIL
+    pending: collections.deque = collections.deque()
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -124,6 +145,8 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
                     problems.append(f"{name}: nested archive")
                     continue
                 if name == MANIFEST:
+                    problems.append(f"{name}: the archive must hold only the prediction PNGs; keep the manifest "
+                                    "beside it (segrepro submit package writes X.zip.manifest.json)")
                     continue
                 match = NAME_PATTERN.match(base)
                 if not match:
@@ -134,11 +157,16 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
                     problems.append(f"{name}: no {split} image {stem}")
                     continue
                 found.setdefault(stem, []).append(name)
-                with Image.open(images[stem]) as im:
-                    size = im.size
-                problems.extend(_check_png(name, data, size))
+                # Decode on all cores; at most 2 per worker in flight, so memory stays bounded.
+                while len(pending) >= 2 * workers:
+                    problems.extend(pending.popleft().result())
+                pending.append(pool.submit(lambda n=name, d=data, i=images[stem]: _check_png(n, d, _image_size(i))))
+            while pending:
+                problems.extend(pending.popleft().result())
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as err:
         problems.append(f"{archive}: corrupt archive ({err})")
+    finally:
+        pool.shutdown(cancel_futures=True)
     for stem, names in sorted(found.items()):
         if len(names) > 1:
             problems.append(f"{stem}: {len(names)} predictions match ({', '.join(names)}); exactly one is allowed")
