@@ -126,18 +126,18 @@ def bench_loader(root: Path, rows: list[dict], images: int, workers: Sequence[in
     and the workers one GPU at 1 s/iter with batch 1 needs, and what a 16-core 8-GPU node can give it."""
     from segrepro.data import get_dataset
     from segrepro.data.loader import build_loader
-    from segrepro.data.transforms import build_transforms
+    from segrepro.data.transforms import build_train_transforms
     from segrepro.data.validate import default_prepared_dir
     from segrepro.stages import resolved_config
 
     params = Path(__file__).resolve().parents[2] / "params.yaml"
     for method in ("ann", "alignseg"):
         _, cfg = resolved_config(method, "official", (), params if params.is_file() else Path("params.yaml"))
-        crop = tuple(cfg["crop"]) if isinstance(cfg.get("crop"), list) else cfg.get("crop")
+        crop = cfg.crop_hw
         rates = {}
         for n in workers:
             dataset = get_dataset("cityscapes", root, "train", prepared=default_prepared_dir(root),
-                                  transform=build_transforms(method, True, crop, scale=cfg.get("scale")))
+                                  transform=build_train_transforms(cfg.train_augment(), cfg.norm()))
             loader = build_loader(dataset, batch_size=1, train=True, workers=n, seed=0)
             it = iter(loader)
             next(it)  # worker start-up and first decode, untimed

@@ -171,6 +171,9 @@ def train_cmd(
 
 # --- evaluate / submit --------------------------------------------------------------------------
 
+RECIPE_HELP = "Recipe in params.yaml, only for a checkpoint without a run config (e.g. from `checkpoint import`)."
+STRICT_HELP = "Fail (exit 2) instead of warning when today's params.yaml differs from the run's config."
+
 
 def _floats(value: Optional[str]) -> Optional[list[float]]:
     if not value:
@@ -197,17 +200,21 @@ def evaluate_cmd(
     overlays: int = typer.Option(4, "--overlays", help="Colour overlays for the first N images (in OUT/overlays)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<method>/eval)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log an MLflow eval run linked to the training run."),
+    strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
-    """Run an inference protocol over a split; metrics.json, per-class CSV, plots and an MLflow eval run."""
+    """Run an inference protocol over a split; metrics.json, per-class CSV, plots and an MLflow eval run.
+
+    Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
     from segrepro import stages
 
-    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch)
+    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
+                                  strict_config)
     summary = stages.evaluate(trained, data, split, protocol, _floats(scales), flip, crop, stride, save_pred, pred_kind,
                               overlays, out, mlflow)
     headline = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "mIoU" in k or k == "iIoU")
@@ -218,11 +225,12 @@ submit_app = typer.Typer(help="Cityscapes test-server archives: build and valida
 app.add_typer(submit_app, name="submit")
 
 
-def _submit_model(method: str, checkpoint: Path, variant: Optional[str], params: Path, device: str, workers: int,
-                  tile_batch: int):
+def _submit_model(method: str, checkpoint: Path, variant: Optional[str], recipe: Optional[str], params: Path,
+                  device: str, workers: int, tile_batch: int, strict_config: bool):
     from segrepro import stages
 
-    return stages.TrainedModel(method, checkpoint, variant, None, (), params, device, workers, tile_batch)
+    return stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
+                               strict_config)
 
 
 @submit_app.command("predict")
@@ -238,11 +246,15 @@ def submit_predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
-    """One 8-bit labelId PNG per image into a folder (e.g. on a GPU node); resumes after a crash."""
+    """One 8-bit labelId PNG per image into a folder (e.g. on a GPU node); resumes after a crash.
+
+    Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
     from segrepro import stages
 
-    trained = _submit_model(method, checkpoint, variant, params, device, workers, tile_batch)
+    trained = _submit_model(method, checkpoint, variant, recipe, params, device, workers, tile_batch, strict_config)
     res = stages.submit_predict(trained, data, out, protocol, split)
     typer.echo(f"{res['count']} predictions ({res['resumed']} resumed) in {res['predictions']}")
 
@@ -272,16 +284,20 @@ def submit_build_cmd(
     protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
     split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
+    strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
-    """`submit predict` into OUT.parts/, then `submit package`: PNGs only in OUT, OUT.manifest.json beside it."""
+    """`submit predict` into OUT.parts/, then `submit package`: PNGs only in OUT, OUT.manifest.json beside it.
+
+    Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
     from segrepro import stages
 
-    trained = _submit_model(method, checkpoint, variant, params, device, workers, tile_batch)
+    trained = _submit_model(method, checkpoint, variant, recipe, params, device, workers, tile_batch, strict_config)
     summary = stages.submit_build(trained, data, out, protocol, split, mlflow)
     typer.echo(f"{summary['predictions']} predictions ({summary['resumed']} resumed) zipped to {summary['archive']}")
 
@@ -321,7 +337,7 @@ def bench_train_cmd(
     from segrepro.stages import resolved_config
 
     _, cfg = resolved_config(method, recipe or ("official" if device == "cuda" else "demo"), (), params)
-    typer.echo(json.dumps(bench_train(cfg, device, iterations, batch=batch, crop=crop), indent=2))
+    typer.echo(json.dumps(bench_train(cfg, device, iterations, batch=batch, crop=crop), indent=2, default=str))
 
 
 @bench_app.command("data")
@@ -334,8 +350,12 @@ def bench_data_cmd(
     """Training-loader throughput (decode + augmentation, images/s) on a synthetic Cityscapes in a temp dir."""
     from segrepro.data import parse_size
     from segrepro.data.bench import bench_data
+    from segrepro.data.transforms import NORMALIZATIONS, build_train_transforms
+    from segrepro.models import get_card
 
-    typer.echo(bench_data(parse_size(size), workers, images, method).line())
+    card = get_card(method)
+    transform = build_train_transforms(card.train, NORMALIZATIONS[card.normalization])
+    typer.echo(bench_data(transform, method, parse_size(size), workers, images).line())
 
 
 @bench_app.command("eval")

@@ -32,3 +32,9 @@ class DatasetError(UserError):
 
 class MissingWeightsError(UserError):
     """Pretrained weights are not at the local path; says what to fetch and where to put it."""
+
+
+class RecipeError(UserError):
+    """A bad params.yaml / ``--set`` key or value, or a run config that does not match: exit 2, before any work."""
+
+    exit_code = 2

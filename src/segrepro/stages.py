@@ -17,14 +17,17 @@ from typing import Any
 import yaml
 
 from segrepro.engine.config import apply_overrides, load_params, resolve_recipe
-from segrepro.errors import UserError
+from segrepro.engine.recipe import Recipe, batch_layout, validate_params
+from segrepro.errors import RecipeError, UserError
 from segrepro.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-def resolved_config(method: str, recipe: str | None, overrides: Sequence[str], params_path: Path) -> tuple[dict, dict]:
+def resolved_config(method: str, recipe: str | None, overrides: Sequence[str], params_path: Path) -> tuple[dict, Recipe]:
+    """params.yaml (+ ``--set``), checked as a whole, and ``method``'s validated recipe: before any work."""
     params = apply_overrides(load_params(params_path), overrides)
+    validate_params(params)
     return params, resolve_recipe(params, method, recipe)
 
 
@@ -61,72 +64,74 @@ def train(
     """Train ``method`` with its recipe; one MLflow run (rank 0); returns the summary written to ``out``."""
     import torch
 
-    from segrepro.data import get_dataset, get_spec
-    from segrepro.data.transforms import build_transforms
+    from segrepro.data import get_dataset
+    from segrepro.data.transforms import build_eval_transforms, build_train_transforms
     from segrepro.data.validate import default_prepared_dir
     from segrepro.engine import objectives
     from segrepro.engine.distributed import cleanup, init_distributed
-    from segrepro.engine.objectives import iterations_for
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
     from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
     params, cfg = resolved_config(method, recipe, overrides, params_path)
-    dataset_name = str(cfg["dataset"])
+    dataset_name = cfg.dataset
     root = _data_root(params, dataset_name, data)
     prepared = default_prepared_dir(root)
     reader_kwargs = {"prepared": prepared} if prepared.is_dir() and dataset_name == "cityscapes" else {}
+    dist = init_distributed(cfg.device)
+    layout = batch_layout(cfg, dist.world_size)  # refuses a batch that does not split, before any output
     out = Path(out or Path("runs") / method)
     out.mkdir(parents=True, exist_ok=True)
-    crop = cfg.get("crop")
-    crop = tuple(crop) if isinstance(crop, list) else crop
-    self_supervised = cfg.get("objective") == "self_supervised"
 
-    dist = init_distributed(str(cfg.get("device", "auto")))
-    spec = get_spec(dataset_name)
-    num_classes = cfg.get("num_classes") or (None if self_supervised else spec.num_classes)
-    torch.manual_seed(int(cfg.get("seed", 0)))  # the same initial weights on every rank and every run
-    model = build(method, variant=cfg.get("variant"), num_classes=num_classes, pretrained=cfg.get("pretrained"))
-    train_set = get_dataset(dataset_name, root, str(cfg.get("train_split", "train")), **reader_kwargs)
-    cfg["iterations"] = iterations_for(cfg, len(train_set))
-    if self_supervised:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = build(method, variant=cfg.variant, num_classes=cfg.model_num_classes(), pretrained=cfg.pretrained)
+    train_set = get_dataset(dataset_name, root, cfg.train_split, **reader_kwargs)
+    iterations = cfg.total_iterations(len(train_set))
+    if cfg.self_supervised:
         make_objective = lambda m: objectives.self_supervised(cfg, m, len(train_set))  # noqa: E731
     else:
-        make_objective = lambda m: objectives.supervised(cfg, m)  # noqa: E731
+        make_objective = lambda m: objectives.supervised(cfg, m, iterations)  # noqa: E731
     tracker = None
     if dist.is_main:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.record(), sort_keys=False))
         tags = {
-            "method": method, "recipe": cfg["recipe"], "dataset": dataset_name, "stage": "train",
-            "variant": str(cfg.get("variant")), **git_state(), **environment_tags(dist.world_size),
+            "method": method, "recipe": cfg.recipe, "dataset": dataset_name, "stage": "train",
+            "variant": str(cfg.variant), **git_state(), **environment_tags(dist.world_size),
         }
         data_hash = dvc_data_hash(root)
         if data_hash:
             tags["dvc_data_hash"] = data_hash
-        tracker = MlflowTracker(run_name=f"{method}-{cfg['recipe']}", tags=tags, params=cfg)
+        # the recipe as validated, plus how this run cut its batch (the recipe's gpus is the paper's count)
+        run_params = {**cfg.flat_params(), **layout.as_dict()}
+        tracker = MlflowTracker(run_name=f"{method}-{cfg.recipe}", tags=tags, params=run_params)
+    augment, norm = cfg.train_augment(), cfg.norm()
     status = "FAILED"
     try:
         result = run_training(
-            cfg, model, train_set, lambda g: build_transforms(method, True, crop, generator=g, scale=cfg.get("scale")),
-            make_objective,
-            out, dist, resume=resume, tracker=tracker,
+            cfg, model, train_set, lambda g: build_train_transforms(augment, norm, generator=g),
+            make_objective, out, dist, iterations, resume=resume, tracker=tracker,
         )
         summary: dict[str, Any] = {
-            "method": method, "recipe": cfg["recipe"], "iterations": result.iterations,
+            "method": method, "recipe": cfg.recipe, "iterations": result.iterations,
             "checkpoint": str(result.final_checkpoint), "seconds_per_iter": result.seconds_per_iter,
+            **layout.as_dict(), "gpus": cfg.gpus,
         }
         if dist.is_main:
+            assert tracker is not None
             export_weights(result.final_checkpoint, out / "model.pt")
             summary["model"] = str(out / "model.pt")
-            val_split = str(cfg.get("val_split", "val"))
-            val_set = get_dataset(dataset_name, root, val_split, transform=build_transforms(method, False, crop if self_supervised else None), **reader_kwargs)
-            if self_supervised:
+            size, label_size = cfg.eval_sizes(at_train_crop=True)
+            val_set = get_dataset(dataset_name, root, cfg.val_split,
+                                  transform=build_eval_transforms(norm, size, label_size), **reader_kwargs)
+            if cfg.self_supervised:
                 scores = quick_validate_ssl(model, val_set, dist.device)
                 summary["val_mIoU"] = scores["mIoU"]
                 summary["val_protocol"] = scores["protocol"]
             else:
-                summary["val_mIoU"] = quick_validate(model, val_set, spec.num_classes, dist.device).miou
+                classes = cfg.model_num_classes()
+                assert classes is not None
+                summary["val_mIoU"] = quick_validate(model, val_set, classes, dist.device, cfg.ignore_index).miou
             tracker.log_metrics({"val_mIoU": summary["val_mIoU"]}, step=result.iterations)
             tracker.log_checkpoint(result.final_checkpoint, "final")
             summary["mlflow_run_id"] = tracker.run_id
@@ -218,37 +223,91 @@ def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_clas
     return model.eval()
 
 
+def run_config(checkpoint: Path) -> tuple[Any, str] | None:
+    """The recipe a checkpoint was trained with, as recorded: ``config.yaml`` beside it, else the training
+    checkpoint's own ``config``; None for a checkpoint without one (e.g. from ``checkpoint import``)."""
+    import torch
+
+    beside = Path(checkpoint).parent / "config.yaml"
+    if beside.is_file():
+        try:
+            return yaml.safe_load(beside.read_text()), str(beside)
+        except yaml.YAMLError as err:
+            raise UserError(f"{beside}: invalid YAML ({str(err).splitlines()[0]}); restore it from the run") from None
+    if Path(checkpoint).is_file():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception:
+            return None  # load_eval_model reports an unreadable file
+        if isinstance(state, dict) and isinstance(state.get("config"), dict):
+            return state["config"], f"{checkpoint} (its config)"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainedModel:
-    """A checkpoint, the recipe it came from and how to run it: what ``evaluate`` and ``submit build`` share."""
+    """A checkpoint, the recipe it came from and how to run it: what ``evaluate`` and ``submit build`` share.
+
+    The run's own record (config.yaml beside the checkpoint, or the config inside a training checkpoint)
+    is the recipe; params.yaml is read only for a checkpoint without one, through ``recipe``.
+    """
 
     method: str
     checkpoint: Path
     variant: str | None = None  # default: the recipe's
-    recipe: str | None = None  # default: params.yaml train.<method>.recipe
+    recipe: str | None = None  # only for checkpoints without a config; default: params.yaml train.<method>.recipe
     overrides: Sequence[str] = ()
     params_path: Path = Path("params.yaml")
     device: str = "auto"
     workers: int = 0  # image decode processes
     tile_batch: int = 4  # sliding-window tiles per forward pass
+    strict_config: bool = False  # today's params.yaml differing from the run's config is an error
 
-    def load(self, data: Path | None) -> tuple[str, Path, str | None, Any]:
-        """(dataset name, dataset root, variant, model in eval mode), as the recipe trained it."""
-        params, cfg = resolved_config(self.method, self.recipe, self.overrides, self.params_path)
-        dataset_name = str(cfg["dataset"])
-        root = _data_root(params, dataset_name, data)
-        variant = self.variant or cfg.get("variant")
-        return dataset_name, root, variant, load_eval_model(self.method, self.checkpoint, variant,
-                                                            _eval_num_classes(cfg, dataset_name))
+    def config(self) -> tuple[Recipe, str, str | None]:
+        """(recipe, where it came from, a warning or None): the run's record, else params.yaml."""
+        from segrepro.engine.recipe import differences, load_record
+
+        recorded = run_config(self.checkpoint)
+        if recorded is None:
+            _, cfg = resolved_config(self.method, self.recipe, self.overrides, self.params_path)
+            return cfg, f"{self.params_path} recipes.{self.method}.{cfg.recipe} (the checkpoint has no config)", None
+        data, where = recorded
+        cfg = load_record(data, where)
+        if cfg.method != self.method:
+            raise RecipeError(f"{where}: the run trained {cfg.method}, not {self.method}; pass --method {cfg.method}")
+        if self.recipe is not None and self.recipe != cfg.recipe:
+            raise RecipeError(f"--recipe {self.recipe}: the run's config ({where}) records recipe {cfg.recipe}; drop "
+                            "--recipe (it is only for checkpoints without a config)")
+        if not Path(self.params_path).is_file():
+            return cfg, where, None
+        try:
+            _, today = resolved_config(self.method, cfg.recipe, self.overrides, self.params_path)
+            changed = differences(cfg, today)
+        except UserError as err:
+            changed = [f"it no longer resolves ({err})"]
+        if not changed:
+            return cfg, where, None
+        note = (f"{self.params_path} recipes.{self.method}.{cfg.recipe} differs from the run's config "
+                f"({'; '.join(changed)}); using the run's config {where}")
+        if self.strict_config:
+            raise RecipeError(f"{note} (--strict-config); retrain, or drop --strict-config")
+        return cfg, where, note
+
+    def root(self, cfg: Recipe, data: Path | None) -> Path:
+        params = load_params(self.params_path) if data is None and Path(self.params_path).is_file() else {}
+        return _data_root(params, cfg.dataset, data)
+
+    def build(self, cfg: Recipe) -> Any:
+        return load_eval_model(self.method, self.checkpoint, self.variant or cfg.variant, cfg.model_num_classes())
 
 
-def _eval_num_classes(cfg: dict, dataset_name: str) -> int | None:
-    """As training builds it: the recipe's num_classes, else the dataset's (self-supervised: the variant's)."""
-    from segrepro.data import get_spec
-
-    if cfg.get("num_classes"):
-        return int(cfg["num_classes"])
-    return None if cfg.get("objective") == "self_supervised" else get_spec(dataset_name).num_classes
+def _announce(trained: TrainedModel) -> tuple[Recipe, str]:
+    """The run's recipe; says which config it is and warns (one line) when today's params.yaml differs."""
+    cfg, source, warning = trained.config()
+    if warning:
+        log.warning(warning)
+    log.info("%s: recipe %s from %s", trained.method, cfg.recipe, source)
+    return cfg, source
 
 
 def evaluate(
@@ -274,14 +333,17 @@ def evaluate(
     from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
 
     method, checkpoint = trained.method, trained.checkpoint
-    proto = resolve_protocol(method, protocol, split, scales=scales, flip=flip, crop=crop, stride=stride)
-    dataset_name, root, variant, model = trained.load(data)
+    cfg, source = _announce(trained)
+    proto = resolve_protocol(cfg.official_protocols(), protocol, split, scales=scales, flip=flip, crop=crop,
+                             stride=stride)
+    root, model = trained.root(cfg, data), trained.build(cfg)
+    dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     out = Path(out or Path("runs") / method / "eval")
-    report = run_evaluation(method, model, dataset_name, root, split, proto, _device(trained.device),
+    report = run_evaluation(cfg, model, root, split, proto, _device(trained.device),
                             save_pred=save_pred, pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays",
                             workers=trained.workers, tile_batch=trained.tile_batch)
     info = {"method": method, "variant": str(variant), "split": split, "protocol": proto.describe(),
-            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint))}
+            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)), "config": source}
     report.json_dict.setdefault("segrepro", {}).update(info)
     files = write_report(report, out)
     summary: dict[str, Any] = {**info, **report.metrics, "out": str(out)}
@@ -321,30 +383,33 @@ def submit_predict(
     from segrepro.data import get_dataset
     from segrepro.data.cityscapes import stem_of
     from segrepro.data.manifest import sha256_file
-    from segrepro.data.transforms import build_transforms
+    from segrepro.data.transforms import build_eval_transforms
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.predict import iter_predictions, save_prediction
     from segrepro.submission.build import open_prediction_dir, prediction_name
     from segrepro.tracking.mlflow_tracker import git_state
 
     method, checkpoint = trained.method, trained.checkpoint
-    proto = resolve_protocol(method, protocol, split)
-    dataset_name, root, variant, model = trained.load(data)
+    cfg, source = _announce(trained)
+    proto = resolve_protocol(cfg.official_protocols(), protocol, split)
+    dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     if dataset_name != "cityscapes":
         raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
     manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
                 "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
                 "protocol_settings": asdict(proto), "split": split, "format": "labelIds, 8-bit PNG, full size",
-                "git_sha": git_state()["git_sha"]}
+                "git_sha": git_state()["git_sha"], "config": source}
+    root, model = trained.root(cfg, data), trained.build(cfg)
     folder = open_prediction_dir(Path(out), manifest)
-    dataset = get_dataset(dataset_name, root, split, transform=build_transforms(method, False))
+    dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = [prediction_name(stem_of(p)) for p in dataset.images]
     done = sum((folder / n).is_file() for n in names)
     for pred in iter_predictions(model, dataset, proto, _device(trained.device), desc="submission",
                                  skip=lambda i: (folder / names[i]).is_file(), workers=trained.workers,
                                  tile_batch=trained.tile_batch):
         save_prediction(pred.classes, folder / names[pred.sample["index"]], "labelIds")
-    return {"predictions": str(folder), "count": len(names), "resumed": done, "protocol": proto.describe()}
+    return {"predictions": str(folder), "count": len(names), "resumed": done, "protocol": proto.describe(),
+            "config": source}
 
 
 def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: str = "test",
@@ -400,7 +465,7 @@ def submit_build(
     packaged = submit_package(staging_dir(out), out, data, split, track)
     shutil.rmtree(staging_dir(out))
     return {**packaged, "predictions": predicted["count"], "resumed": predicted["resumed"],
-            "protocol": predicted["protocol"]}
+            "protocol": predicted["protocol"], "config": predicted["config"]}
 
 
 def submit_validate(archive: Path, data: Path, split: str = "test", max_mb: float | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from segrepro.data import get_dataset, synth_dataset
 from segrepro.data.loader import build_loader
-from segrepro.data.transforms import build_transforms
+from segrepro.data.transforms import Transform
 from segrepro.errors import UserError
 
 
@@ -54,15 +54,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def bench_data(size: tuple[int, int] = (1024, 2048), workers: int = 2, images: int = 16, method: str = "alignseg",
-               seed: int = 0) -> DataBenchResult:
+def bench_data(transform: Transform, method: str, size: tuple[int, int] = (1024, 2048), workers: int = 2,
+               images: int = 16, seed: int = 0) -> DataBenchResult:
     """Write ``images`` synthetic Cityscapes train images, run one untimed warm-up pass (worker start-up,
-    page cache) and time a second full pass of the training loader (batch 1)."""
+    page cache) and time a second full pass of the training loader (batch 1) through ``transform``
+    (``method``'s training transforms, built by the caller from its method card)."""
     if images < 2 or workers < 0:
         raise UserError("--images must be at least 2 and --workers at least 0")
     with tempfile.TemporaryDirectory(prefix="segrepro-bench-data-") as tmp:
         root = synth_dataset("cityscapes", Path(tmp) / "cityscapes", {"train": images}, size, seed)
-        dataset = get_dataset("cityscapes", root, "train", transform=build_transforms(method, train=True))
+        dataset = get_dataset("cityscapes", root, "train", transform=transform)
         loader = build_loader(dataset, batch_size=1, train=True, workers=workers, seed=seed)
         for _ in tqdm(loader, desc="warm-up", unit="img"):
             pass

@@ -5,14 +5,16 @@ Random transforms draw from an optional ``torch.Generator`` (default: torch's gl
 DataLoader seeds per worker), so a seeded generator reproduces a pipeline exactly.
 Resizing is done with torch: bilinear with half-pixel centres and no antialiasing equals cv2's
 INTER_LINEAR that the official code uses; the label uses cv2's INTER_NEAREST rule (floor of dst·src/dst).
-The only normalisation table is :data:`NORMALIZATION`; engine and evaluation read it from here.
+Which normalisation and augmentation a method uses is not decided here: the method card
+(:mod:`segrepro.models.card`) and the recipe give a :class:`Normalization` and a :class:`TrainAugment`,
+and :func:`build_train_transforms` / :func:`build_eval_transforms` turn them into a pipeline.
 AlignSeg-SSL's multi-crop and fixed-size eval views are in :mod:`segrepro.data.transforms_ssl`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,19 +43,45 @@ CAFFE_BGR = Normalization("BGR", 1.0, (104.00698793, 116.66876762, 122.67891434)
 ANN_BGR = Normalization("BGR", 1.0, (102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0))
 IMAGENET_RGB = Normalization("RGB", 1.0 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-# ACFNet is stated identical to AlignSeg (acfnet.md §6); GALD has no --rgb; DGCNet passes --rgb 1.
-NORMALIZATION: dict[str, Normalization] = {
-    "alignseg": CAFFE_BGR,
-    "acfnet": CAFFE_BGR,
-    "gald": CAFFE_BGR,
-    "dgcnet": IMAGENET_RGB,
-    "ann": ANN_BGR,
-    "alignseg_ssl": IMAGENET_RGB,
-}
+# The named normalisations recipes choose from (params.yaml ``normalization: caffe_bgr``).
+NORMALIZATIONS: dict[str, Normalization] = {"caffe_bgr": CAFFE_BGR, "ann_bgr": ANN_BGR, "imagenet_rgb": IMAGENET_RGB}
 
-# Official training crops (reference/README.md "crop / scale aug"); SSL uses 224² multi-crop, 448² eval.
-TRAIN_CROP: dict[str, int] = {"alignseg": 872, "acfnet": 769, "gald": 769, "dgcnet": 832, "ann": 769, "alignseg_ssl": 224}
-ALIGNSEG_SCALES: tuple[float, ...] = tuple(0.7 + k / 10 for k in range(15))  # 0.7 + randint(0,14)/10
+
+@dataclass(frozen=True)
+class ScaleChoices:
+    """Discrete scale factors ``start, start + step, ..., stop`` (both ends included), drawn uniformly."""
+
+    start: float
+    stop: float
+    step: float
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        count = int(round((self.stop - self.start) / self.step)) + 1
+        return tuple(round(self.start + k * self.step, 6) for k in range(count))
+
+
+@dataclass(frozen=True)
+class ScaleRange:
+    """ANN-style continuous scale ``s ~ U(scale)`` and aspect ``a ~ U(aspect)``."""
+
+    scale: tuple[float, float]
+    aspect: tuple[float, float] = (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """A training pipeline: crop (h, w), scale augmentation (None: self-supervised multi-crop), flip and
+    ANN's brightness shift. Discrete scales give the AlignSeg-family order (scale, crop, normalise, pad
+    bottom/right, flip); a range gives ANN's (resize, crop, brightness, flip, normalise, pad at random)."""
+
+    crop: tuple[int, int]
+    scale: ScaleChoices | ScaleRange | None
+    flip: bool = True
+    brightness: int = 0
+
+
+ALIGNSEG_SCALES: tuple[float, ...] = ScaleChoices(0.7, 2.1, 0.1).values  # 0.7 + randint(0,14)/10
 
 
 def uniform01(gen: torch.Generator | None) -> float:
@@ -236,49 +264,38 @@ class ToTensor:
         return out
 
 
-def scale_choices(spec: Mapping[str, Any]) -> tuple[float, ...]:
-    """``{"choices": [start, stop, step]}`` (a recipe's discrete scales, both ends included) → the values."""
-    start, stop, step = (float(v) for v in spec["choices"])
-    count = int(round((stop - start) / step)) + 1
-    return tuple(round(start + k * step, 6) for k in range(count))
+def build_train_transforms(aug: TrainAugment, norm: Normalization,
+                           generator: torch.Generator | None = None) -> Compose:
+    """The training pipeline that ``aug`` describes (see :class:`TrainAugment`)."""
+    hw = aug.crop
+    flip = [RandomHorizontalFlip(0.5, generator=generator)] if aug.flip else []
+    brightness = [RandomBrightness(aug.brightness, generator=generator)] if aug.brightness else []
+    if aug.scale is None:
+        from segrepro.data.transforms_ssl import MultiCrop
 
-
-def build_transforms(method: str, train: bool, crop: int | tuple[int, int] | None = None,
-                     generator: torch.Generator | None = None, scale: Mapping[str, Any] | None = None) -> Compose:
-    """The official train or eval pipeline of ``method`` (a key of :data:`NORMALIZATION`).
-
-    ``scale`` is a recipe's scale augmentation (params.yaml): ``{"choices": [start, stop, step]}`` for the
-    discrete scales of AlignSeg/ACFNet/GALD/DGCNet, ``{"range": [lo, hi], "aspect": [lo, hi]}`` for ANN;
-    the official values are the defaults. Eval pipelines only normalise (sliding-window tiling is the
-    evaluator's job), except AlignSeg-SSL, which resizes to 448² and its GT to 100² as its metric does.
-    """
-    if method not in NORMALIZATION:
-        raise UserError(f"unknown method {method!r} for transforms; choose one of: {', '.join(NORMALIZATION)}")
-    norm = NORMALIZATION[method]
-    size = crop if crop is not None else TRAIN_CROP[method]
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if method == "alignseg_ssl":
-        from segrepro.data.transforms_ssl import MultiCrop, Resize
-
-        if train:
-            return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
-        eval_hw = (448, 448) if crop is None else hw
-        return Compose([Resize(eval_hw, label_size=(100, 100)), Normalize(norm), ToTensor()])
-    if not train:
-        return Compose([Normalize(norm), ToTensor()])
-    if method == "ann":
+        return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
+    if isinstance(aug.scale, ScaleRange):
         return Compose([
-            RandomResize(tuple((scale or {}).get("range", (0.5, 2.0))), tuple((scale or {}).get("aspect", (0.9, 1.1))),
-                         generator=generator),
-            RandomCrop(hw, generator=generator),
-            RandomBrightness(10, generator=generator), RandomHorizontalFlip(0.5, generator=generator),
+            RandomResize(aug.scale.scale, aug.scale.aspect, generator=generator),
+            RandomCrop(hw, generator=generator), *brightness, *flip,
             Normalize(norm), PadTo(hw, position="random", generator=generator), ToTensor(),
         ])
     # Official order: scale, normalise, pad bottom/right (0 / 255), random crop, flip. Cropping first is
     # the same draw (the offset range of the padded image is 0 wherever padding happens) and the same
     # pixels, since normalisation is per pixel; it just normalises crop-size arrays instead of 2x images.
     return Compose([
-        RandomScaleChoice(scale_choices(scale) if scale else ALIGNSEG_SCALES, generator=generator),
+        RandomScaleChoice(aug.scale.values, generator=generator), *brightness,
         RandomCrop(hw, generator=generator), Normalize(norm),
-        PadTo(hw, position="bottom_right"), RandomHorizontalFlip(0.5, generator=generator), ToTensor(),
+        PadTo(hw, position="bottom_right"), *flip, ToTensor(),
     ])
+
+
+def build_eval_transforms(norm: Normalization, size: tuple[int, int] | None = None,
+                          label_size: tuple[int, int] | None = None) -> Compose:
+    """Eval pipelines only normalise (sliding-window tiling is the evaluator's job), unless ``size`` asks
+    for a fixed input (AlignSeg-SSL: 448², its GT at ``label_size`` 100², as its metric does)."""
+    if size is None:
+        return Compose([Normalize(norm), ToTensor()])
+    from segrepro.data.transforms_ssl import Resize
+
+    return Compose([Resize(size, label_size=label_size), Normalize(norm), ToTensor()])

@@ -10,12 +10,12 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from segrepro.engine.objectives import self_supervised, supervised
+from segrepro.engine.recipe import Recipe
 from segrepro.models import build, get_spec
 
 
@@ -25,27 +25,26 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def bench_train(cfg: Mapping[str, Any], device: str = "cpu", iterations: int = 5, warmup: int = 2,
+def bench_train(cfg: Recipe, device: str = "cpu", iterations: int = 5, warmup: int = 2,
                 batch: int | None = None, crop: int | None = None) -> dict[str, Any]:
-    """Time ``iterations`` optimiser steps of ``cfg`` (a resolved recipe) after ``warmup`` steps."""
+    """Time ``iterations`` optimiser steps of ``cfg`` (a validated recipe) after ``warmup`` steps."""
     dev = torch.device(device)
-    side = int(crop or (cfg["crop"] if isinstance(cfg["crop"], int) else cfg["crop"][0]))
-    hw = (side, side) if isinstance(cfg.get("crop"), int) or crop else tuple(cfg["crop"])
-    b = int(batch or cfg.get("per_gpu_batch", 1))
+    hw = (crop, crop) if crop else cfg.crop_hw
+    b = batch or cfg.micro_batch
     torch.manual_seed(0)
-    model = build(str(cfg["method"]), variant=cfg.get("variant")).to(dev).train()
-    amp = dev.type == "cuda" and cfg.get("amp", "bf16") == "bf16"
+    model = build(cfg.method, variant=cfg.variant, num_classes=cfg.model_num_classes()).to(dev).train()
+    amp = dev.type == "cuda" and cfg.amp == "bf16"
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(dev)
     g = torch.Generator().manual_seed(0)
-    if cfg.get("objective") == "self_supervised":
+    if cfg.self_supervised:
         # One global + two local views per image (MultiCrop's defaults), each resized to the crop.
         objective = self_supervised(cfg, model, num_samples=b * iterations)
         sample: dict[str, Any] = {"crops": [torch.randn(b, 3, *hw, generator=g) for _ in range(3)]}
     else:
-        objective = supervised(cfg, model)
-        num_classes = get_spec(str(cfg["method"]), cfg.get("variant")).default_num_classes  # as built above
+        objective = supervised(cfg, model, warmup + iterations)
+        num_classes = cfg.model_num_classes() or get_spec(cfg.method, cfg.variant).default_num_classes
         sample = {"image": torch.randn(b, 3, *hw, generator=g),
                   "label": torch.randint(0, num_classes, (b, *hw), generator=g)}
     for m in objective.modules:
@@ -69,7 +68,7 @@ def bench_train(cfg: Mapping[str, Any], device: str = "cpu", iterations: int = 5
         torch.cuda.synchronize(dev)
     per_iter = (time.perf_counter() - start) / iterations
     return {
-        "method": cfg["method"], "variant": cfg.get("variant"), "recipe": cfg.get("recipe"), "device": str(dev),
+        "method": cfg.method, "variant": cfg.variant, "recipe": cfg.recipe, "device": str(dev),
         "precision": "bf16" if amp else "fp32", "batch": b, "crop": f"{hw[0]}x{hw[1]}",
         "s_per_iter": per_iter, "img_per_s": b / per_iter, "peak_memory_mb": _peak_memory_mb(dev),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

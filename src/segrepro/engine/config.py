@@ -3,7 +3,8 @@
 params.yaml keeps the official recipes under ``recipes.<method>.<name>`` (facts from the reference specs)
 and the active choice plus local overrides under ``train.<method>`` (``recipe: official`` and, e.g.,
 ``lr: 0.005``). A DVC stage that reads ``train.<method>`` and ``recipes.<method>`` therefore reruns only
-when that method's settings change. ``--set train.ann.lr=0.005`` edits the same tree before resolving.
+when that method's settings change. ``--set train.ann.lr=0.005`` edits the same tree before resolving;
+:func:`resolve_recipe` returns the validated :class:`~segrepro.engine.recipe.Recipe`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from segrepro.errors import UserError
 
-OPTIMIZER_SHORTCUTS = ("lr", "weight_decay", "momentum", "poly_power")
+if TYPE_CHECKING:
+    from segrepro.engine.recipe import Recipe
+
 CREDENTIAL_HINTS = ("secret", "password", "token", "access_key", "credential", "api_key")
 
 
@@ -66,27 +69,11 @@ def apply_overrides(params: dict[str, Any], assignments: Iterable[str]) -> dict[
     return params
 
 
-def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = None) -> dict[str, Any]:
-    """The full training config of ``method``: named recipe ← ``train.<method>`` overrides."""
-    recipes = params.get("recipes", {}).get(method)
-    if not recipes:
-        known = ", ".join(params.get("recipes", {})) or "none"
-        raise UserError(f"params.yaml has no recipes for method {method!r} (known: {known})")
-    local = dict(params.get("train", {}).get(method, {}) or {})
-    name = recipe or local.pop("recipe", None) or next(iter(recipes))
-    local.pop("recipe", None)
-    if name not in recipes:
-        raise UserError(f"unknown recipe {name!r} for {method}; choose one of: {', '.join(recipes)}")
-    chosen = recipes[name]
-    base = recipes.get(chosen.get("extends")) if chosen.get("extends") else None
-    resolved = deep_merge(deep_merge(base or {}, chosen), local)
-    resolved.pop("extends", None)
-    for key in OPTIMIZER_SHORTCUTS:  # `--set train.ann.lr=0.005` means the optimizer's lr
-        if key in resolved:
-            resolved.setdefault("optimizer", {})[key] = resolved.pop(key)
-    resolved["method"] = method
-    resolved["recipe"] = name
-    return resolved
+def resolve_recipe(params: Mapping[str, Any], method: str, recipe: str | None = None) -> Recipe:
+    """The validated training recipe of ``method`` (see :mod:`segrepro.engine.recipe`)."""
+    from segrepro.engine.recipe import resolve
+
+    return resolve(params, method, recipe)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

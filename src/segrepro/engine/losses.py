@@ -9,14 +9,18 @@ all official criteria do; this also fixes ACFNet's crash (Lovász on stride-8 lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrepro.models.outputs import SegOutput
+
+if TYPE_CHECKING:
+    from segrepro.engine.recipe import LossCfg
 
 IGNORE_INDEX = 255
 
@@ -150,15 +154,14 @@ class SegCriterion(nn.Module):
         return total, parts
 
 
-def build_criterion(cfg: Mapping) -> SegCriterion:
-    """Criterion from a recipe's ``loss`` block (see params.yaml)."""
-    terms = [LossTerm(str(t["output"]), str(t["loss"]), float(t.get("weight", 1.0))) for t in cfg["terms"]]
-    ohem = cfg.get("ohem") or {}
+def build_criterion(cfg: LossCfg, ignore_index: int = IGNORE_INDEX) -> SegCriterion:
+    """Criterion from a recipe's validated ``loss`` block (see params.yaml)."""
+    terms = [LossTerm(t.output, t.loss, t.weight) for t in cfg.terms]
     return SegCriterion(
         terms,
-        ignore_index=int(cfg.get("ignore_index", IGNORE_INDEX)),
-        class_weights=cfg.get("class_weights"),
-        ohem_thresh=float(ohem.get("thresh", 0.7)),
-        ohem_min_kept=int(ohem.get("min_kept", 100_000)),
-        ohem_rule=str(ohem.get("rule", "gald")),
+        ignore_index=ignore_index,
+        class_weights=list(cfg.class_weights) if cfg.class_weights else None,
+        ohem_thresh=cfg.ohem.thresh,
+        ohem_min_kept=cfg.ohem.min_kept,
+        ohem_rule=cfg.ohem.rule,
     )

@@ -1,11 +1,16 @@
-"""Optimiser and the poly learning-rate schedule of every official recipe."""
+"""Optimisers (SGD or AdamW, as the recipe names) and the poly learning-rate schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from segrepro.errors import UserError
+
+if TYPE_CHECKING:
+    from segrepro.engine.recipe import OptimizerCfg
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -17,28 +22,32 @@ def _is_backbone(name: str, head_prefixes: tuple[str, ...]) -> bool:
     return not name.startswith(head_prefixes)
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping, head_prefixes: tuple[str, ...] = ()) -> torch.optim.SGD:
-    """SGD with one group, or two when the recipe gives the head its own lr multiplier.
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerCfg) -> torch.optim.Optimizer:
+    """The recipe's optimiser (``sgd`` with momentum/nesterov, or ``adamw``) over parameter ``groups``."""
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    assert cfg.momentum is not None and cfg.nesterov is not None, "a validated sgd recipe sets both"
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
 
-    ``head_prefixes`` are the state_dict prefixes of the head (everything else is backbone); the group's
-    ``lr_mult`` is kept so :func:`set_lr` applies the poly schedule to both groups.
+
+def build_optimizer(model: nn.Module, cfg: OptimizerCfg, head_prefixes: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+    """One parameter group, or two when the recipe gives the head its own lr multiplier.
+
+    ``head_prefixes`` (the method card's) are the parameter-name prefixes of the head, everything else is
+    backbone; the group's ``lr_mult`` is kept so :func:`set_lr` applies the schedule to both groups.
     """
-    mult = float(cfg.get("head_lr_mult", 1.0))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if mult != 1.0 and head_prefixes:
-        groups = [
-            {"params": [p for n, p in params if _is_backbone(n, head_prefixes)], "lr_mult": 1.0},
-            {"params": [p for n, p in params if not _is_backbone(n, head_prefixes)], "lr_mult": mult},
-        ]
+    if cfg.head_lr_mult != 1.0:
+        head = [p for n, p in params if not _is_backbone(n, head_prefixes)]
+        backbone = [p for n, p in params if _is_backbone(n, head_prefixes)]
+        if not head or not backbone:
+            raise UserError(f"optimizer.head_lr_mult {cfg.head_lr_mult}: the method card's head prefixes "
+                            f"{list(head_prefixes)} split no head from the backbone; fix the card or drop the key")
+        groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}]
     else:
         groups = [{"params": [p for _, p in params], "lr_mult": 1.0}]
-    return torch.optim.SGD(
-        groups,
-        lr=float(cfg["lr"]),
-        momentum=float(cfg.get("momentum", 0.9)),
-        weight_decay=float(cfg.get("weight_decay", 5e-4)),
-        nesterov=bool(cfg.get("nesterov", False)),
-    )
+    return make_optimizer(groups, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, max_iters: int, power: float) -> float:

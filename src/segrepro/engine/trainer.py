@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from segrepro.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segrepro.engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from segrepro.engine.objectives import Objective
+from segrepro.engine.recipe import Recipe, batch_layout
 from segrepro.engine.sampler import SeededSamples, StreamSampler
 from segrepro.errors import UserError
 from segrepro.models.norm import convert_sync_norm
@@ -78,27 +79,26 @@ def _batches(loader: DataLoader):
 
 
 def train(
-    cfg: Mapping[str, Any],
+    cfg: Recipe,
     model: nn.Module,
     dataset: Dataset,
     make_transform: Callable[[torch.Generator], Callable],
     make_objective: Callable[[nn.Module], Objective],
     out_dir: Path,
     dist: DistInfo,
+    iterations: int,
     resume: bool = True,
     tracker: Tracker | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``dataset`` for ``cfg["iterations"]`` iterations; checkpoints in ``out_dir``.
+    """Train ``model`` on ``dataset`` for ``iterations`` iterations; checkpoints in ``out_dir`` carry ``cfg``.
 
     ``make_objective(model)`` is called once the model sits on its device (SyncBN converted), so the
     optimiser holds the final parameters.
     """
-    iters = int(cfg["iterations"])
-    global_batch = int(cfg["batch_size"])
-    micro = int(cfg.get("per_gpu_batch", global_batch))
-    micro = min(micro, max(1, global_batch // dist.world_size))
-    seed = int(cfg.get("seed", 0))
-    amp = str(cfg.get("amp", "bf16"))
+    iters = iterations
+    layout = batch_layout(cfg, dist.world_size)
+    global_batch, micro = layout.global_batch, layout.micro_batch
+    seed, amp = cfg.seed, cfg.amp
     device = dist.device
 
     torch.manual_seed(seed + dist.rank)
@@ -112,7 +112,7 @@ def train(
     for extra in objective.modules:
         extra.to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
-    ckpts = CheckpointManager(out_dir / "checkpoints", keep=int(cfg.get("keep_checkpoints", 3)))
+    ckpts = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
 
     start = 0
     state = ckpts.load_latest() if resume else None
@@ -131,24 +131,24 @@ def train(
         final = ckpts.paths()[-1]
         return TrainResult(start, final)
 
-    net: nn.Module = DDP(model, find_unused_parameters=bool(cfg.get("find_unused_parameters", False))) if dist.distributed else model
+    net: nn.Module = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if dist.distributed else model
     sampler = StreamSampler(len(dataset), global_batch, micro, dist.rank, dist.world_size, seed, start, iters)  # type: ignore[arg-type]
-    workers = int(cfg.get("workers", 2))
+    workers = cfg.workers
     loader = DataLoader(
         SeededSamples(dataset, make_transform), batch_size=micro, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False,
     )
     batches = _batches(loader)
     accum = sampler.accum
-    log_every = int(cfg.get("log_every", 10))
-    ckpt_every = int(cfg.get("checkpoint_every", 1000))
+    log_every, ckpt_every = cfg.log_every, cfg.checkpoint_every
     result = TrainResult(start, out_dir)
+    record = cfg.record()  # every checkpoint carries the recipe it was trained with
     model.train()
     t0, images_done = time.perf_counter(), 0
     history = _open_history(out_dir / "train_log.csv", start) if dist.is_main else None
     # A context manager: an error (divergence, a too-small micro-batch) closes the bar before its message.
     with tqdm(total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True,
-              desc=f"train {cfg.get('method', '')}") as bar:
+              desc=f"train {cfg.method}") as bar:
         for it in range(start, iters):
             lr = objective.set_lr(it)
             totals = torch.zeros(1, device=device)
@@ -200,6 +200,7 @@ def train(
                         "schedule": {"lr": lr, "max_iters": iters},
                         "sampler": {"consumed_per_rank": (it + 1) * accum * micro, "seed": seed},
                         "rng": rngs,
+                        "config": record,
                     })
                     result.final_checkpoint = path
     if history is not None:

@@ -257,7 +257,7 @@ def bench_inference(methods: Sequence[str], variant: str, device: str, height: i
     CUDA: the official variants at 1024×2048 (bf16 autocast), synchronised before each clock read.
     """
     from segrepro.evaluation.inference import predict_classes, resolve_protocol
-    from segrepro.models import build
+    from segrepro.models import build, get_card
 
     dev = torch.device(device)
     image = torch.randn(3, height, width, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -265,7 +265,7 @@ def bench_inference(methods: Sequence[str], variant: str, device: str, height: i
     for method in methods:
         model = build(method, variant=variant, num_classes=19).eval().to(dev)
         for name in protocols:
-            proto = resolve_protocol(method, name, "test")
+            proto = resolve_protocol(get_card(method).eval_protocols, name, "test")
 
             def once() -> None:
                 predict_classes(model, image, proto, tile_batch)

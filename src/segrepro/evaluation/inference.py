@@ -18,74 +18,35 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrepro.errors import UserError
+from segrepro.models.card import Protocol, third_overlap_stride
 
 MS_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def third_overlap_stride(crop: int) -> int:
-    """AlignSeg/GALD stride for 1/3 overlap: ``ceil(crop · 2/3)`` (872 → 582, 832 → 555, 769 → 513)."""
-    return math.ceil(crop * (1 - 1 / 3))
+def resolve_protocol(official: Mapping[str, Protocol], name: str = "official", split: str = "val", *,
+                     scales: Sequence[float] | None = None, flip: bool | None = None, crop: int | None = None,
+                     stride: int | None = None) -> Protocol:
+    """``official`` (the run's protocol for ``split``: its method card's, or its recipe's ``eval``) | ``ss``
+    (whole image, one scale) | ``ms-flip`` (0.5–1.75 + flip, the official test window); explicit
+    ``scales``/``flip``/``crop`` (0 = whole image)/``stride`` override. ``official`` maps split → protocol,
+    "val" being the fallback."""
+    def table(which: str) -> Protocol:
+        return official.get(which, official["val"])
 
-
-@dataclass(frozen=True)
-class Protocol:
-    """One inference protocol; ``crop=None`` means the whole image in one pass."""
-
-    name: str
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    crop: int | None = None
-    stride: int | None = None  # default: third_overlap_stride(crop)
-
-    def describe(self) -> str:
-        window = f"sliding {self.crop}/{self.tile_stride}" if self.crop else "whole image"
-        return f"{self.name}: {window}, scales {list(self.scales)}, flip {self.flip}"
-
-    @property
-    def tile_stride(self) -> int | None:
-        if self.crop is None:
-            return None
-        return self.stride or third_overlap_stride(self.crop)
-
-
-# Each method's own protocol (reference README "eval protocol" row and each spec's evaluation section),
-# by split: ANN is the only one whose test protocol differs from val.
-_SS = Protocol("official")
-OFFICIAL: dict[str, dict[str, Protocol]] = {
-    "alignseg": {"val": replace(_SS, crop=872)},  # sliding 872, 1/3 overlap → stride 582
-    "acfnet": {"val": replace(_SS, crop=769)},  # stride 513
-    "gald": {"val": replace(_SS, crop=832)},  # eval.py default, flip requested but ignored
-    "dgcnet": {"val": replace(_SS, crop=832)},
-    "ann": {"val": _SS, "test": Protocol("official", (0.75, 1.0, 1.25), True, 864, int(864 * 0.667))},
-    "alignseg_ssl": {"val": _SS},  # 448² whole image (the eval transform resizes), no TTA
-}
-
-
-def official_protocol(method: str, split: str = "val") -> Protocol:
-    if method not in OFFICIAL:
-        raise UserError(f"no official protocol for method {method!r}; choose one of: {', '.join(OFFICIAL)}")
-    table = OFFICIAL[method]
-    return table.get(split, table["val"])
-
-
-def resolve_protocol(method: str, name: str = "official", split: str = "val", *, scales: Sequence[float] | None = None,
-                     flip: bool | None = None, crop: int | None = None, stride: int | None = None) -> Protocol:
-    """``official`` | ``ss`` (whole image, one scale) | ``ms-flip`` (0.5–1.75 + flip, the method's official
-    window, ANN's test crop); explicit ``scales``/``flip``/``crop`` (0 = whole image)/``stride`` override."""
     if name == "official":
-        proto = official_protocol(method, split)
+        proto = table(split)
     elif name == "ss":
         proto = Protocol("ss")
     elif name == "ms-flip":
-        window = official_protocol(method, "test")
+        window = table("test")
         proto = Protocol("ms-flip", MS_SCALES, True, window.crop, window.stride)
     else:
         raise UserError(f"unknown protocol {name!r}; choose one of: official, ss, ms-flip")

@@ -10,7 +10,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from segrepro.data import cityscapes_labels
 from segrepro.evaluation.inference import Protocol, predict_classes
 from segrepro.evaluation.report import EvalReport
 from segrepro.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from segrepro.engine.recipe import Recipe
 
 PNG_KINDS = ("trainIds", "labelIds")
 
@@ -109,15 +112,16 @@ def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir:
         save_overlay(Path(pred.sample["image_path"]), pred.classes, overlay_dir / f"{name}_overlay.png")
 
 
-def run_evaluation(method: str, model: nn.Module, dataset_name: str, root: Path, split: str, protocol: Protocol,
+def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protocol: Protocol,
                    device: torch.device, save_pred: Path | None = None, pred_kind: str = "labelIds",
                    overlays: int = 4, overlay_dir: Path = Path("overlays"), workers: int = 0,
                    tile_batch: int = 4) -> EvalReport:
-    """Metrics of ``model`` on a split: the official Cityscapes evaluator (labelIds + instanceIds), both
-    self-supervised protocols for AlignSeg-SSL, a confusion matrix on the reader's labels otherwise."""
+    """Metrics of ``model`` on a split of ``cfg``'s dataset, read through ``cfg``'s eval transform: the
+    official Cityscapes evaluator (labelIds + instanceIds), both self-supervised protocols for a
+    self-supervised recipe, a confusion matrix on the reader's labels otherwise."""
     from segrepro.data import get_dataset, get_spec
     from segrepro.data.cityscapes import gt_path
-    from segrepro.data.transforms import build_transforms
+    from segrepro.data.transforms import build_eval_transforms
     from segrepro.errors import UserError
     from segrepro.evaluation.cityscapes_metrics import CityscapesEvaluator
     from segrepro.evaluation.confusion import ConfusionMatrix, LabelConvention
@@ -125,12 +129,13 @@ def run_evaluation(method: str, model: nn.Module, dataset_name: str, root: Path,
 
     if pred_kind not in PNG_KINDS:
         raise UserError(f"--pred-kind {pred_kind!r}: choose one of {', '.join(PNG_KINDS)}")
+    dataset_name = cfg.dataset
     spec = get_spec(dataset_name)
     if dataset_name == "cityscapes" and split == "test":
         raise UserError("Cityscapes test labels are withheld; evaluate val, or build an archive with `segrepro submit build`")
-    dataset = get_dataset(dataset_name, root, split, transform=build_transforms(method, False))
+    dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = list(spec.class_names)
-    if method == "alignseg_ssl":
+    if cfg.self_supervised:
         return _run_ssl(model, dataset, dataset_name, names, device, workers)
     if dataset_name == "cityscapes":
         evaluator = CityscapesEvaluator(device)
@@ -142,7 +147,8 @@ def run_evaluation(method: str, model: nn.Module, dataset_name: str, root: Path,
             evaluator.update(lut[pred.classes], gt, inst)
             _save(pred, save_pred, pred_kind, overlay_dir, overlays)
         return cityscapes_report(evaluator.compute())
-    cm = ConfusionMatrix(LabelConvention("train_ids", spec.num_classes, spec.ignore_index), device=device)
+    classes = cfg.model_num_classes() or spec.num_classes
+    cm = ConfusionMatrix(LabelConvention("train_ids", classes, cfg.ignore_index), device=device)
     pred_kind = "trainIds"  # labelIds exist only for Cityscapes
     for pred in iter_predictions(model, dataset, protocol, device, workers=workers, tile_batch=tile_batch):
         cm.update(pred.classes, pred.sample["label"].to(device))

@@ -13,11 +13,13 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from segrepro.data.transforms import ScaleChoices, TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.acfnet_blocks import ASPP, ACFHead, FCNHead, abn, conv_abn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import SegOutput
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 STRIDE = 8
 # ``build(..., pretrained=)`` file layout: a deep-stem ECA-ResNet with every eca.conv (the official
@@ -105,3 +107,11 @@ def build_acfnet_tiny(num_classes: int) -> ACFNet:
         num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
         aspp_channels=16, coarse_channels=32, acf_channels=32, fine_channels=32,
     )
+
+
+# Stated identical to AlignSeg's data pipeline (acfnet.md §6) but for the 769² crop; val sliding 769 (stride 513).
+register_card(MethodCard(
+    "acfnet", "supervised", "caffe_bgr", TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
+    {"val": Protocol("official", crop=769)}, outputs=("main", "fine", "coarse", "fcn"),
+    head_prefixes=("aspp", "auxlayer", "dsn", "acfhead", "bottleneck"),
+))

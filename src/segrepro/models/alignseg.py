@@ -11,11 +11,13 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from segrepro.data.transforms import ScaleChoices, TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.alignseg_blocks import CAB, CAM, RRB
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import SegOutput
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 #: BGR channel means (0–255) subtracted by the official loaders; there is no std division.
 BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
@@ -122,3 +124,12 @@ def build_alignseg_tiny(num_classes: int = 19, legacy_offset_order: bool = False
         num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=32,
         legacy_offset_order=legacy_offset_order,
     )
+
+
+# reference README "crop / scale aug" and "eval protocol": 872² crops, scales 0.7 + randint(0, 14)/10, flip;
+# BGR Caffe means; val sliding 872 with 1/3 overlap (stride 582).
+register_card(MethodCard(
+    "alignseg", "supervised", "caffe_bgr", TrainAugment((872, 872), ScaleChoices(0.7, 2.1, 0.1)),
+    {"val": Protocol("official", crop=872)}, outputs=("main", "dsn"),
+    head_prefixes=("CAM", "RRB", "CAB", "dsn", "head"),
+))

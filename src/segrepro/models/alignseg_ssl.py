@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segrepro.data.transforms import TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.errors import UserError
 from segrepro.models.alignseg_ssl_blocks import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, foreground_masks
 from segrepro.models.backbones.vit import VisionTransformer, vit_small, vit_tiny
 from segrepro.models.outputs import SegOutput
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 PAIRINGS = ("fixed", "official")
 # ``build(..., pretrained=)`` file layout: Facebook's DINO ViT-S/16 ``dino_deitsmall16_pretrain.pth``
@@ -173,3 +175,12 @@ def build_alignseg_ssl_train_voc(num_classes: int = 5, pairing: str = "fixed") -
           description="2-block 48-wide ViT with patch 8 (random, frozen), 5 queries, FFN 64: CPU demo/tests")
 def build_alignseg_ssl_tiny(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
     return AlignSegSSL(vit_tiny(8, 64), num_classes, decoder_heads=3, hidden_dim=64, num_decode_layers=1, pairing=pairing)
+
+
+# Multi-crop 224² training views (no flip, no scale table), RGB ImageNet norm; eval: the whole image resized
+# to 448², its GT to 100², no TTA (alignseg_ssl.md §5).
+register_card(MethodCard(
+    "alignseg_ssl", "self_supervised", "imagenet_rgb", TrainAugment((224, 224), None, flip=False),
+    {"val": Protocol("official")}, outputs=("main",), head_prefixes=("clsQueries", "decoder_"),
+    eval_size=(448, 448), eval_label_size=(100, 100),
+))

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segrepro.data.transforms import ScaleRange, TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.ann_blocks import AFNB, APNB, PSP_SIZES, bn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.outputs import SegOutput
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 # ``build(..., pretrained=)`` file layout: the MIT/CSAIL deep-stem ResNet the official code calls
 # 3x3resnet101-imagenet.pth (its split stem is renamed to ANN's ``prefix.`` keys on load).
@@ -90,3 +92,12 @@ def build_ann_tiny(num_classes: int) -> ANN:
         num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
         key_channels=16, value_channels=16, context_channels=32, dsn_channels=32,
     )
+
+
+# torchcv: BGR means, std 1; resize s ~ U(0.5, 2), aspect ~ U(0.9, 1.1), 769² crop, brightness ±10, flip;
+# val whole image, test sliding 864 (stride 576) at scales 0.75/1/1.25 with flip: the only split-specific protocol.
+register_card(MethodCard(
+    "ann", "supervised", "ann_bgr", TrainAugment((769, 769), ScaleRange((0.5, 2.0), (0.9, 1.1)), brightness=10),
+    {"val": Protocol("official"), "test": Protocol("official", (0.75, 1.0, 1.25), True, 864, int(864 * 0.667))},
+    outputs=("main", "dsn"), head_prefixes=("fusion", "context", "cls", "dsn"),
+))

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segrepro.data.transforms import ScaleChoices, TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.gcn_blocks import PRETRAINED_SOURCE, ContextNet, build_variant
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 
 class SpatialGCN(nn.Module):
@@ -119,3 +121,10 @@ def build_dgcnet_r50(num_classes: int) -> DGCNet:
           description="DGCNet head on a shallow, narrow ResNet (tests and smoke runs)")
 def build_dgcnet_tiny(num_classes: int) -> DGCNet:
     return build_variant(DGCNet, "tiny", num_classes)
+
+
+# --rgb 1: RGB ImageNet mean/std; 832² crops; val sliding 832.
+register_card(MethodCard(
+    "dgcnet", "supervised", "imagenet_rgb", TrainAugment((832, 832), ScaleChoices(0.7, 2.1, 0.1)),
+    {"val": Protocol("official", crop=832)}, outputs=("main", "dsn"), head_prefixes=("head", "dsn"),
+))

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segrepro.data.transforms import ScaleChoices, TrainAugment
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.gcn_blocks import PRETRAINED_SOURCE, ContextNet, build_variant
-from segrepro.models.registry import register
+from segrepro.models.registry import register, register_card
 
 # Three unpadded stride-2 3×3 convs need a map of at least 15 px (15 → 7 → 3 → 1); one needs 3.
 LOCAL_MIN_SIZE = 15
@@ -135,3 +137,10 @@ def build_gald_r50(num_classes: int) -> GALDNet:
           description="GALD-Net head on a shallow, narrow ResNet (tests and smoke runs)")
 def build_gald_tiny(num_classes: int) -> GALDNet:
     return build_variant(GALDNet, "tiny", num_classes)
+
+
+# No --rgb (BGR Caffe means); 769² train crops; eval.py's default window 832 (flip requested but ignored).
+register_card(MethodCard(
+    "gald", "supervised", "caffe_bgr", TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
+    {"val": Protocol("official", crop=832)}, outputs=("main", "dsn"), head_prefixes=("head", "dsn"),
+))

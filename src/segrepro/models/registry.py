@@ -4,7 +4,8 @@ Each method module registers one builder per variant with :func:`register`. The 
 constructor arguments and returns the randomly initialised model; the mapping from a method/variant name
 to those arguments lives only here and in the method's own module. Loading a pretrained backbone file is
 the same for every builder but for the file layout, so the registration names that layout
-(``pretrained_source``) and :func:`build` does the loading once, for all methods.
+(``pretrained_source``) and :func:`build` does the loading once, for all methods. Each method module
+also registers its :class:`~segrepro.models.card.MethodCard` (:func:`register_card`, :func:`get_card`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from segrepro.errors import UserError
+from segrepro.models.card import MethodCard
 from segrepro.models.pretrained import load_backbone
 
 METHOD_MODULES: tuple[str, ...] = ("alignseg", "acfnet", "gald", "dgcnet", "ann", "alignseg_ssl")
@@ -35,6 +37,21 @@ class VariantSpec:
 
 _REGISTRY: dict[str, dict[str, VariantSpec]] = {}
 _DEFAULT_VARIANT: dict[str, str] = {}
+_CARDS: dict[str, MethodCard] = {}
+
+
+def register_card(card: MethodCard) -> MethodCard:
+    """Register ``card`` as the facts of ``card.method`` (one card per method; its builders come separately)."""
+    _CARDS[card.method] = card
+    return card
+
+
+def get_card(method: str) -> MethodCard:
+    method = _check_method(method)
+    if method not in _CARDS:
+        raise UserError(f"method {method!r} registers builders but no method card; add register_card(...) "
+                        "to its module (docs/adding-a-method.md)")
+    return _CARDS[method]
 
 
 def register(
@@ -75,8 +92,9 @@ def _load_all() -> None:
 
 
 def list_methods() -> list[str]:
+    """The shipped methods first (their order), then any registered elsewhere (e.g. by a test)."""
     _load_all()
-    return [m for m in METHOD_MODULES if m in _REGISTRY]
+    return [m for m in METHOD_MODULES if m in _REGISTRY] + [m for m in _REGISTRY if m not in METHOD_MODULES]
 
 
 def list_variants(method: str) -> list[str]:
