@@ -103,7 +103,8 @@ def test_mutated_keys_change_behaviour() -> None:
     assert bgr.norm() != rgb.norm()
     assert not torch.equal(*(build_eval(r)(image)["image"] for r in (bgr, rgb)))
     kinds = lambda r: {type(t) for t in build_train_transforms(r.train_augment(), r.norm()).transforms}  # noqa: E731
-    assert RandomHorizontalFlip in kinds(bgr) and RandomHorizontalFlip not in kinds(_recipe("ann", "train.ann.flip=false"))
+    no_flip = _recipe("ann", "train.ann.flip=false")
+    assert RandomHorizontalFlip in kinds(bgr) and RandomHorizontalFlip not in kinds(no_flip)
     assert RandomBrightness in kinds(bgr) and RandomBrightness not in kinds(_recipe("ann", "train.ann.brightness=0"))
     choices = [f"recipes.ann.{n}.scale={{choices: [0.5, 1.5, 0.25]}}" for n in ("official", "demo")]
     assert RandomResize in kinds(bgr) and RandomResize not in kinds(_recipe("ann", *choices))

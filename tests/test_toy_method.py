@@ -52,8 +52,9 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
     for table in ("_REGISTRY", "_DEFAULT_VARIANT", "_CARDS"):
         monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
     register("toy", "tiny", pretrained_source="mit", default=True)(lambda num_classes: Toy(num_classes))
-    register_card(MethodCard("toy", "supervised", "imagenet_rgb", TrainAugment((32, 32), ScaleChoices(0.5, 1.0, 0.25)),
-                             {"val": Protocol("official", crop=48)}, outputs=("main", "aux"), head_prefixes=("head", "aux")))
+    augment = TrainAugment((32, 32), ScaleChoices(0.5, 1.0, 0.25))
+    register_card(MethodCard("toy", "supervised", "imagenet_rgb", augment, {"val": Protocol("official", crop=48)},
+                             outputs=("main", "aux"), head_prefixes=("head", "aux")))
 
 
 def _run(argv: list[str]) -> int:

@@ -24,7 +24,8 @@ from segrepro.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def resolved_config(method: str, recipe: str | None, overrides: Sequence[str], params_path: Path) -> tuple[dict, Recipe]:
+def resolved_config(method: str, recipe: str | None, overrides: Sequence[str],
+                    params_path: Path) -> tuple[dict, Recipe]:
     """params.yaml (+ ``--set``), checked as a whole, and ``method``'s validated recipe: before any work."""
     params = apply_overrides(load_params(params_path), overrides)
     validate_params(params)

@@ -439,7 +439,8 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
     splits = DATASETS[recipe.dataset].all_splits
     for key in ("train_split", "val_split"):
         if getattr(recipe, key) not in splits:
-            raise fail((key,), f"{recipe.dataset} has no split {getattr(recipe, key)!r}; choose one of: {', '.join(splits)}")
+            raise fail((key,), f"{recipe.dataset} has no split {getattr(recipe, key)!r}; "
+                       f"choose one of: {', '.join(splits)}")
     for split in recipe.eval:
         if split not in splits:
             raise fail(("eval", split), f"{recipe.dataset} has no split {split!r}; choose one of: {', '.join(splits)}")
