@@ -166,14 +166,17 @@ def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -
         assert res.returncode == 0, res.stderr[-3000:]
         assert _losses(double) == pytest.approx(_losses(single), rel=1e-4, abs=1e-5)
         client = mlflow.MlflowClient(url)
-        exp = client.get_experiment_by_name("segrepro")
+        exp = client.get_experiment_by_name("segrepro-cityscapes")  # one experiment per dataset
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
         runs = client.search_runs([exp.experiment_id])
         assert len(runs) == 2  # one per training, never one per rank
         run = next(r for r in runs if r.data.tags.get("world_size") == "2")
         tags = run.data.tags
-        for key in ("method", "recipe", "dataset", "git_sha", "git_dirty", "torch_version", "cuda_version", "world_size"):
+        for key in ("method", "recipe", "dataset", "git_sha", "git_dirty", "torch_version", "cuda_version", "world_size",
+                    "cpu_model", "cpu_isa", "cpu_flags", "torch_threads", "onednn_version", "mkl_version"):
             assert key in tags, key
         assert tags["method"] == "gald" and tags["stage"] == "train"
+        assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["cityscapes/train"]
         from segrepro.engine.config import load_params, resolve_recipe
 
         lr = resolve_recipe(load_params(REPO / "params.yaml"), "gald").optimizer.lr

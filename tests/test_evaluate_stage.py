@@ -41,7 +41,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run_dir.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(build("alignseg", variant="tiny", num_classes=19).state_dict(), run_dir / "model.pt")
-    train = MlflowTracker(run_name="alignseg-demo", tags={"stage": "train", "method": "alignseg"}, params={})
+    train = MlflowTracker(run_name="alignseg-demo", tags={"stage": "train", "method": "alignseg"}, params={},
+                          dataset="cityscapes")
     train.end()
     (run_dir / "train_summary.json").write_text(json.dumps({"mlflow_run_id": train.run_id}))
     yield tmp_path
@@ -75,11 +76,18 @@ def test_evaluate_writes_reports_and_logs_an_eval_run(workspace: Path, capsys: p
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "evaluate" and run.data.tags["method"] == "alignseg"
-    assert run.data.tags["parent_train_run_id"] == train_id
+    assert run.data.tags["parent_train_run_id"] == train_id == run.data.tags["mlflow.parentRunId"]  # nested
+    assert run.info.experiment_id == client.get_run(train_id).info.experiment_id
+    assert client.get_experiment(run.info.experiment_id).name == "segrepro-cityscapes"
+    assert [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs] == [("cityscapes/val", "evaluation")]
+    assert summary["eval_img_per_s"] > 0 and summary["peak_mem_MB"] > 0 and summary["images"] == 2
+    assert "cpu_isa" in run.data.tags and "eval_img_per_s" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "overlays")]  # a sample of overlays as images
     assert run.data.metrics["mIoU"] == pytest.approx(metrics["averageScoreClasses"])
     assert "IoU/road" in run.data.metrics and run.data.params["crop"] == "872"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert {"eval/metrics.json", "eval/confusion.png", "eval/per_class_iou.png", "eval/per_class.csv"} <= artifacts
+    assert {"eval/metrics.json", "eval/confusion.png", "eval/per_class_iou.png", "eval/per_class.csv",
+            "eval/offsets.png"} <= artifacts  # AlignSeg's learned-offset figure on the split's first image
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "per_class_iou.json", str(workspace))).read_text())
     assert table["columns"] == ["class", "IoU", "iIoU"] and len(table["data"]) == 19
 

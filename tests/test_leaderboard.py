@@ -59,8 +59,29 @@ def test_rows_paper_column_and_files(tmp_path: Path) -> None:
     assert len(csv) == 2 and "IoU/road" in csv.columns
     page = files["html"].read_text()
     assert page.count("<tr><th>") == 2 and "hsl(" in page and "<script" not in page and "http" not in page
+    assert page.count("data:image/png;base64,") == 1 and '<a href="runs:/abc">MLflow run</a>' in page
+    assert "<code title=\"deadbeef\">deadbeef</code>" in page
+    header = md.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "method", "recipe", "dataset/split", "protocol", "paper", "ours", "Δ", "note", "cost"]
+    assert "cityscapes/val" in md and "train 1.00 h" in md and "git_sha" not in md and "git_sha" in csv.columns
     metrics = json.loads(files["metrics"].read_text())
     assert metrics["ann/official"]["mIoU"] == pytest.approx(80.0) and "delta" not in metrics["alignseg/demo"]
+
+
+def test_page_groups_by_dataset_and_never_mixes_class_sets(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "ann", "demo", "tiny", 0.7, {"road": 0.9})
+    make_run(runs, "alignseg_ssl", "demo", "tiny", 0.4, {"aeroplane": 0.5})
+    config = runs / "alignseg_ssl" / "config.yaml"
+    config.write_text(config.read_text().replace("cityscapes", "voc"))
+    (runs / "ann" / "submission.zip").write_bytes(b"PK")
+    page = write_outputs(build_leaderboard(runs, None), tmp_path / "lb")["html"].read_text()
+    city, voc = page.index("<h2>cityscapes</h2>"), page.index("<h2>voc</h2>")
+    city_part, voc_part = (page[city:voc], page[voc:]) if city < voc else (page[city:], page[voc:city])
+    assert "road" in city_part and "aeroplane" not in city_part
+    assert "aeroplane" in voc_part and "road" not in voc_part
+    assert page.count("data:image/png;base64,") == 2 and ">archive</a>" in city_part
 
 
 def test_no_results_is_a_user_error(tmp_path: Path) -> None:

@@ -33,9 +33,11 @@ def _cli(*args: str) -> list[str]:
 
 def run_measured(argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> dict[str, float]:
     """Wall seconds and peak RSS (MiB, the largest process of the tree) of one command; raises on failure."""
+    # stage commands (dvc.yaml's `segrepro ...`) resolve from this interpreter's environment, activated or not
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, "PATH": path, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -237,6 +237,49 @@ def evaluate_cmd(
     typer.echo(f"{method} [{summary['protocol']}]: {headline} (written to {summary['out']})")
 
 
+@app.command("predict")
+def predict_cmd(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder holding the config.yaml training wrote "
+                                       "(default: the checkpoint's folder)."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder; folder inputs keep their subfolders."),
+    protocol: str = typer.Option("official", "--protocol", help="official (the method's own), ss or ms-flip."),
+    formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: overlay,labelIds,trainIds,color "
+                                          "(default: overlay + the dataset's label PNG)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours (0..1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Read only for a checkpoint without a config."),
+) -> None:
+    """Segment your own images: colour overlay with a legend and label PNGs, each at the input's size."""
+    from segrepro import stages
+
+    summary = stages.predict(method, checkpoint, inputs, run, out, protocol, formats, alpha, device, tile_batch, params)
+    typer.echo(f"{summary['images']} image(s) predicted, {summary['files']} file(s) written to {summary['out']}")
+
+
+visualize_app = typer.Typer(help="The seeds' figures, drawn from a trained model's own forward.", no_args_is_help=True)
+app.add_typer(visualize_app, name="visualize")
+
+
+@visualize_app.command("offsets")
+def visualize_offsets_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An AlignSeg state_dict, e.g. runs/alignseg/model.pt."),
+    image: Path = typer.Option(..., "--image", help="Image to run (any size; predicted whole)."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Its label PNG (trainIds, *_labelIds, palette, colour)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: <image>_offsets.png beside it)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder with config.yaml (default: the checkpoint's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Read only for a checkpoint without a config."),
+) -> None:
+    """AlignSeg's learned offsets: Δ^A and Δ^F of the four AlignFA modules, flow-coloured, with a colour wheel."""
+    from segrepro import stages
+
+    typer.echo(f"offsets figure written to {stages.visualize_offsets(checkpoint, image, gt, out, run, device, params)}")
+
+
 submit_app = typer.Typer(help="Cityscapes test-server archives: build and validate.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 
@@ -466,6 +509,33 @@ def bench_models_cmd(
     typer.echo(format_table(rows, markdown))
     if json_out is not None:
         atomic_write_text(json_out, to_json(rows))
+
+
+@bench_app.command("blocks")
+def bench_blocks_cmd(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write rows, ratios, machine and load here."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    blocks: str = typer.Option("apnb,nonlocal,afnb,nonlocal_fusion", "--blocks", help="Comma-separated blocks."),
+    sizes: str = typer.Option("96x96,128x128,128x256", "--sizes", help="Feature sizes HxW (the seed's by default)."),
+    channels: str = typer.Option("2048,1024,256,256", "--channels", help="in, AFNB low, key, value channels (ANN's)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed forwards per row after one warm-up (median reported)."),
+    part: str = typer.Option("attention", "--part", help="attention (the attention alone) or full (+ fuse conv)."),
+) -> None:
+    """ANN's efficiency study: APNB and AFNB against non-local blocks of the same channel sizes."""
+    from segrepro.data import parse_size
+    from segrepro.io import atomic_write_text
+    from segrepro.models.bench_blocks import Channels, bench_blocks, markdown, machine, to_json
+
+    try:
+        ch = Channels(*(int(v) for v in channels.split(",")))
+    except (TypeError, ValueError):
+        raise UserError(f"--channels {channels!r}: give four integers, e.g. 2048,1024,256,256", exit_code=2) from None
+    shapes = [parse_size(v.strip()) for v in sizes.split(",") if v.strip()]
+    rows = bench_blocks([b.strip() for b in blocks.split(",") if b.strip()], shapes, device, ch, repeats, part=part)
+    typer.echo(f"machine: {machine()}")
+    typer.echo(markdown(rows))
+    if json_out is not None:
+        atomic_write_text(json_out, to_json(rows, ch))
 
 
 # --- pipeline: synth, leaderboard, ui -----------------------------------------------------------

@@ -6,6 +6,7 @@ layers and returns a small JSON-able summary. The CLI, dvc.yaml and the pipeline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,7 +110,8 @@ def train(
             tags["dvc_data_hash"] = data_hash
         # the recipe as validated, plus how this run cut its batch (the recipe's gpus is the paper's count)
         run_params = {**cfg.flat_params(), **layout.as_dict()}
-        tracker = MlflowTracker(run_name=f"{method}-{cfg.recipe}", tags=tags, params=run_params)
+        tracker = MlflowTracker(run_name=f"{method}-{cfg.recipe}", tags=tags, params=run_params, dataset=dataset_name)
+        tracker.log_dataset(dataset_name, cfg.train_split, root, data_hash, "training")
     augment, norm = cfg.train_augment(), cfg.norm()
     status = "FAILED"
     try:
@@ -317,6 +319,123 @@ def _announce(trained: TrainedModel) -> tuple[Recipe, str]:
     return cfg, source
 
 
+def _run_recipe(method: str, checkpoint: Path, run: Path | None, params_path: Path) -> tuple[Recipe, str]:
+    """The recipe that trained ``checkpoint`` and where it came from: ``<run>/config.yaml`` when ``--run`` is
+    given, else the run's own record as ``evaluate`` reads it (:class:`TrainedModel`)."""
+    if run is None:
+        return _announce(TrainedModel(method, Path(checkpoint), params_path=params_path))
+    from segrepro.engine.recipe import load_record
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; --run must be a run folder written by `segrepro train`", exit_code=2)
+    try:
+        cfg = load_record(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]}); restore it from the run") from None
+    if cfg.method != method:
+        raise RecipeError(f"{path}: the run trained {cfg.method}, not {method}; pass --method {cfg.method}")
+    return cfg, str(path)
+
+
+def predict(
+    method: str, checkpoint: Path, inputs: Sequence[str], run: Path | None = None, out: Path = Path("predictions"),
+    protocol: str = "official", formats: str | None = None, alpha: float = 0.5, device: str = "auto",
+    tile_batch: int = 4, params_path: Path = Path("params.yaml"),
+) -> dict[str, Any]:
+    """Predict image files, folders or globs with a trained model; overlays and label PNGs at input size."""
+    import sys
+
+    import numpy as np
+
+    from segrepro.data import get_spec
+    from segrepro.data.palette import class_palette
+    from segrepro.data.transforms import build_eval_transforms
+    from segrepro.evaluation.inference import resolve_protocol
+    from segrepro.evaluation.predict_images import (
+        SSL_QUERY_COLOURS, SSL_SIZE, ImagePredictor, Outputs, collect_inputs, parse_formats, predict_images,
+    )
+
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha {alpha}: must be between 0 (image only) and 1 (colours only)", exit_code=2)
+    cfg, source = _run_recipe(method, checkpoint, run, params_path)
+    dataset_name, self_supervised = cfg.dataset, cfg.self_supervised
+    fmt = parse_formats(formats, label_ids=dataset_name == "cityscapes" and not self_supervised)
+    images, problems = collect_inputs(inputs)
+    if not images:
+        raise UserError("no image to predict: " + "; ".join(problems), exit_code=2)
+    proto = resolve_protocol(cfg.official_protocols(), protocol, "val")
+    model = load_eval_model(method, checkpoint, cfg.variant, cfg.model_num_classes())
+    # the run's own normalisation (and, self-supervised, the official 480² visualisation resize)
+    transform = build_eval_transforms(cfg.norm(), (SSL_SIZE, SSL_SIZE) if self_supervised else None)
+    dev = _device(device)
+    if self_supervised:
+        queries = int(model.clsQueries.weight.shape[0])
+        names = [f"query {q}" for q in range(queries)]
+        palette = SSL_QUERY_COLOURS[np.arange(queries) % len(SSL_QUERY_COLOURS)]
+    else:
+        names, palette = list(get_spec(dataset_name).class_names), class_palette(dataset_name)
+    log.info("predict: %s/%s from %s, %s, on %s", method, cfg.variant, source,
+             "official 480² query maps" if self_supervised else proto.describe(), dev)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    result = predict_images(ImagePredictor(model.to(dev), transform, proto, dev, self_supervised, tile_batch),
+                            images, Outputs(Path(out), fmt, names, palette, alpha))
+    failed = problems + result.failed
+    summary = {"images": result.images, "files": len(result.written), "out": str(out), "failed": failed,
+               "config": source}
+    if failed:
+        raise UserError(f"{len(failed)} input(s) failed (listed above); {result.images} image(s) predicted "
+                        f"into {out}", exit_code=1)
+    return summary
+
+
+def visualize_offsets(checkpoint: Path, image: Path, gt: Path | None = None, out: Path | None = None,
+                      run: Path | None = None, device: str = "auto",
+                      params_path: Path = Path("params.yaml")) -> Path:
+    """AlignSeg's learned-offset figure for one image (and its ground truth), written as a PNG."""
+    import numpy as np
+
+    from segrepro.data.palette import colourise
+    from segrepro.data.transforms import build_eval_transforms
+    from segrepro.evaluation.offsets_figure import offsets_figure
+    from segrepro.evaluation.predict_images import read_rgb
+
+    cfg, _ = _run_recipe("alignseg", checkpoint, run, params_path)
+    dataset_name = cfg.dataset
+
+    def read(path: Path, what: str) -> np.ndarray:
+        try:
+            return read_rgb(path) if what == "image" else _read_label(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: cannot read the {what} ({type(err).__name__}); pass a PNG or JPEG",
+                            exit_code=2) from None
+
+    rgb = read(Path(image), "image")
+    gt_rgb = None
+    if gt is not None:
+        label = read(Path(gt), "ground truth")
+        if label.shape[:2] != rgb.shape[:2]:
+            raise UserError(f"{gt}: {label.shape[1]}x{label.shape[0]} ground truth for a "
+                            f"{rgb.shape[1]}x{rgb.shape[0]} image; pass the image's own label PNG", exit_code=2)
+        label_ids = "labelIds" in Path(gt).name and "TrainIds" not in Path(gt).name
+        gt_rgb = label if label.ndim == 3 else colourise(label, dataset_name, label_ids)
+    model = load_eval_model("alignseg", checkpoint, cfg.variant, cfg.model_num_classes())
+    path = Path(out or Path(image).with_name(Path(image).stem + "_offsets.png"))
+    return offsets_figure(model, build_eval_transforms(cfg.norm()), rgb, path, _device(device), gt_rgb)
+
+
+def _read_label(path: Path) -> Any:
+    """A label PNG as class ids (HxW), or an already coloured GT as RGB (HxWx3)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P":
+            return np.asarray(im)  # VOC-style palette PNG: the indices are the classes
+        return np.asarray(im.convert("RGB")) if im.mode in ("RGB", "RGBA") else np.asarray(im.convert("L"))
+
+
 def evaluate(
     trained: TrainedModel,
     data: Path | None = None,
@@ -336,8 +455,9 @@ def evaluate(
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.report import log_report, write_report
     from segrepro.evaluation.predict import run_evaluation
+    from segrepro.data import get_dataset
     from segrepro.data.manifest import sha256_file
-    from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
+    from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
     method, checkpoint = trained.method, trained.checkpoint
     cfg, source = _announce(trained)
@@ -346,35 +466,90 @@ def evaluate(
     root, model = trained.root(cfg, data), trained.build(cfg)
     dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     out = Path(out or Path("runs") / method / "eval")
-    report = run_evaluation(cfg, model, root, split, proto, _device(trained.device),
-                            save_pred=save_pred, pred_kind=pred_kind, overlays=overlays, overlay_dir=out / "overlays",
-                            workers=trained.workers, tile_batch=trained.tile_batch)
+    device = _device(trained.device)
+    with _measure_cost(device) as cost:
+        report = run_evaluation(cfg, model, root, split, proto, device,
+                                save_pred=save_pred, pred_kind=pred_kind, overlays=overlays,
+                                overlay_dir=out / "overlays", workers=trained.workers, tile_batch=trained.tile_batch)
+    images = len(get_dataset(dataset_name, root, split))
     info = {"method": method, "variant": str(variant), "split": split, "protocol": proto.describe(),
-            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)), "config": source}
+            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)), "config": source,
+            "images": images, "eval_img_per_s": images / cost["seconds"] if cost["seconds"] > 0 else None,
+            "peak_mem_MB": cost["peak_mem_MB"], "device": str(device)}
     report.json_dict.setdefault("segrepro", {}).update(info)
     files = write_report(report, out)
+    if method == "alignseg":  # the seed's learned-offset figure, on the split's first image
+        files["offsets"] = _eval_offsets_figure(cfg, model, root, split, out / "offsets.png", device)
     summary: dict[str, Any] = {**info, **report.metrics, "out": str(out)}
     if track:
         tags = {"stage": "evaluate", "method": method, "dataset": dataset_name, "split": split,
-                "protocol": proto.name, "variant": str(variant), **git_state()}
-        for candidate in (Path(checkpoint).parent / "train_summary.json", Path("runs") / method / "train_summary.json"):
-            if candidate.is_file():
-                parent = json.loads(candidate.read_text()).get("mlflow_run_id")
-                if parent:
-                    tags["parent_train_run_id"] = str(parent)
-                break
+                "protocol": proto.name, "variant": str(variant), **git_state(), **environment_tags(1)}
+        parent = _train_run_id(method, Path(checkpoint))
+        if parent:
+            tags["parent_train_run_id"] = parent
         params = {"protocol": proto.name, "scales": list(proto.scales), "flip": proto.flip, "crop": proto.crop,
                   "stride": proto.tile_stride, "checkpoint_sha256": info["checkpoint_sha256"], "split": split}
-        tracker = MlflowTracker(run_name=f"{method}-eval-{proto.name}", tags=tags, params=params)
+        tracker = MlflowTracker(run_name=f"{method}-eval-{proto.name}", tags=tags, params=params,
+                                dataset=dataset_name, parent_run_id=parent)
         status = "FAILED"
         try:
+            tracker.log_dataset(dataset_name, split, root, dvc_data_hash(root), "evaluation")
             log_report(tracker, report, files)
+            tracker.log_metrics({k: float(info[k]) for k in ("eval_img_per_s", "peak_mem_MB") if info[k]}, step=0)
+            tracker.log_images(sorted((out / "overlays").glob("*_overlay.png"))[:overlays], "overlays")
             status = "FINISHED"
         finally:
             tracker.end(status)
         summary["mlflow_run_id"] = tracker.run_id
     atomic_write_text(out / "eval_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _train_run_id(method: str, checkpoint: Path) -> str | None:
+    """The MLflow run that trained ``checkpoint``: ``mlflow_run_id`` of the run folder's train_summary.json."""
+    for candidate in (Path(checkpoint).parent / "train_summary.json", Path("runs") / method / "train_summary.json"):
+        if candidate.is_file():
+            return str(json.loads(candidate.read_text()).get("mlflow_run_id") or "") or None
+    return None
+
+
+@contextlib.contextmanager
+def _measure_cost(device: Any) -> Any:
+    """Wall seconds and peak memory (MB) of the block: CUDA ``max_memory_allocated``, else this process's
+    peak RSS (decode workers are other processes and do not count)."""
+    import time
+
+    import torch
+
+    from segrepro.models.bench import _reset_peak_rss, _rss_kb
+
+    cost: dict[str, Any] = {"seconds": 0.0, "peak_mem_MB": None}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
+    start = time.perf_counter()
+    yield cost
+    if cuda:
+        torch.cuda.synchronize(device)
+    cost["seconds"] = time.perf_counter() - start
+    try:
+        cost["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
+                               else _rss_kb("VmHWM") / 1024)
+    except OSError:  # no /proc (not Linux): leave the figure empty rather than guess
+        pass
+
+
+def _eval_offsets_figure(cfg: Any, model: Any, root: Path, split: str, path: Path, device: Any) -> Path:
+    from segrepro.data import get_dataset
+    from segrepro.data.palette import colourise
+    from segrepro.data.transforms import build_eval_transforms
+    from segrepro.evaluation.offsets_figure import offsets_figure
+
+    sample = get_dataset(cfg.dataset, root, split)[0]
+    gt = colourise(sample["label"], cfg.dataset) if sample.get("label") is not None else None
+    return offsets_figure(model, build_eval_transforms(cfg.norm()), sample["image"], path, device, gt)
 
 
 def submit_predict(
@@ -405,7 +580,8 @@ def submit_predict(
     manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
                 "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
                 "protocol_settings": asdict(proto), "split": split, "format": "labelIds, 8-bit PNG, full size",
-                "git_sha": git_state()["git_sha"], "config": source}
+                "git_sha": git_state()["git_sha"], "config": source,
+                "train_mlflow_run_id": _train_run_id(method, Path(checkpoint))}
     root, model = trained.root(cfg, data), trained.build(cfg)
     folder = open_prediction_dir(Path(out), manifest)
     dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
@@ -441,15 +617,20 @@ def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: s
             raise UserError(f"{pred_dir}: no *{PREDICTION_SUFFIX} predictions to package")
     summary = write_archive(pred_dir, names, out)
     if track:
-        from segrepro.tracking.mlflow_tracker import MlflowTracker, git_state
+        from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, git_state
 
         manifest = json.loads(Path(summary["manifest"]).read_text())
-        tags = {"stage": "submit", "method": str(manifest.get("method", "unknown")), "split": split, **git_state()}
+        tags = {"stage": "submit", "method": str(manifest.get("method", "unknown")), "split": split,
+                "dataset": "cityscapes", **git_state()}
         params = {k: summary[k] for k in ("archive_sha256", "manifest_sha256", "predictions")}
         params.update({k: manifest[k] for k in ("checkpoint_sha256", "protocol") if k in manifest})
-        tracker = MlflowTracker(run_name=f"{tags['method']}-submit", tags=tags, params=params)
+        # nested under the training run, in the Cityscapes experiment (submissions are for its test server)
+        tracker = MlflowTracker(run_name=f"{tags['method']}-submit", tags=tags, params=params, dataset="cityscapes",
+                                parent_run_id=manifest.get("train_mlflow_run_id"))
         status = "FAILED"
         try:
+            if data is not None:
+                tracker.log_dataset("cityscapes", split, Path(data), dvc_data_hash(Path(data)), "submission")
             tracker.log_file(Path(summary["manifest"]), "submission")
             status = "FINISHED"
         finally:

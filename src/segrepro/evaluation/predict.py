@@ -80,22 +80,25 @@ def save_prediction(classes: Tensor | np.ndarray, path: Path, kind: str = "label
     atomic_write_bytes(path, png_bytes(to_label_ids(arr) if kind == "labelIds" else arr.astype(np.uint8)))
 
 
-def overlay(image_rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the Cityscapes palette of ``train_ids`` over the RGB image (ids outside the palette stay black)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[:19] = cityscapes_labels.colors()
-    colour = palette[train_ids.astype(np.uint8)].astype(np.float32)
+def overlay(image_rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5,
+            palette: np.ndarray | None = None) -> np.ndarray:
+    """Blend ``palette`` (default: Cityscapes by trainId) of ``train_ids`` over the RGB image; ids outside
+    the palette stay black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    colours = cityscapes_labels.colors() if palette is None else np.asarray(palette, dtype=np.uint8)
+    lut[:len(colours)] = colours
+    colour = lut[train_ids.astype(np.uint8)].astype(np.float32)
     return (image_rgb.astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
 
 
-def save_overlay(image_path: Path, classes: Tensor, path: Path) -> None:
+def save_overlay(image_path: Path, classes: Tensor, path: Path, palette: np.ndarray | None = None) -> None:
     with Image.open(image_path) as im:
         rgb = np.asarray(im.convert("RGB"))
     arr = classes.cpu().numpy()
     if arr.shape != rgb.shape[:2]:
         arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize(rgb.shape[1::-1], Image.NEAREST))
     buf = io.BytesIO()
-    Image.fromarray(overlay(rgb, arr)).save(buf, format="PNG")
+    Image.fromarray(overlay(rgb, arr, palette=palette)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -104,12 +107,13 @@ def _read_png(path: Path) -> np.ndarray:
         return np.array(im)
 
 
-def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir: Path, overlays: int) -> None:
+def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir: Path, overlays: int,
+          palette: np.ndarray) -> None:
     city, name = str(pred.sample.get("city", "")), pred.name
     if save_pred is not None:
         save_prediction(pred.classes, Path(save_pred) / city / f"{name}_pred_{pred_kind}.png", pred_kind)
     if pred.sample["index"] < overlays and "image_path" in pred.sample:
-        save_overlay(Path(pred.sample["image_path"]), pred.classes, overlay_dir / f"{name}_overlay.png")
+        save_overlay(Path(pred.sample["image_path"]), pred.classes, overlay_dir / f"{name}_overlay.png", palette)
 
 
 def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protocol: Protocol,
@@ -121,6 +125,7 @@ def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protoc
     self-supervised recipe, a confusion matrix on the reader's labels otherwise."""
     from segrepro.data import get_dataset, get_spec
     from segrepro.data.cityscapes import gt_path
+    from segrepro.data.palette import class_palette
     from segrepro.data.transforms import build_eval_transforms
     from segrepro.errors import UserError
     from segrepro.evaluation.cityscapes_metrics import CityscapesEvaluator
@@ -135,6 +140,7 @@ def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protoc
         raise UserError("Cityscapes test labels are withheld; evaluate val, or build an archive with `segrepro submit build`")
     dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = list(spec.class_names)
+    palette = class_palette(dataset_name)
     if cfg.self_supervised:
         return _run_ssl(model, dataset, dataset_name, names, device, workers)
     if dataset_name == "cityscapes":
@@ -145,14 +151,14 @@ def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protoc
             gt = _read_png(gt_path(Path(root), split, city, stem, "labelIds"))
             inst = _read_png(gt_path(Path(root), split, city, stem, "instanceIds")).astype(np.int32)
             evaluator.update(lut[pred.classes], gt, inst)
-            _save(pred, save_pred, pred_kind, overlay_dir, overlays)
+            _save(pred, save_pred, pred_kind, overlay_dir, overlays, palette)
         return cityscapes_report(evaluator.compute())
     classes = cfg.model_num_classes() or spec.num_classes
     cm = ConfusionMatrix(LabelConvention("train_ids", classes, cfg.ignore_index), device=device)
     pred_kind = "trainIds"  # labelIds exist only for Cityscapes
     for pred in iter_predictions(model, dataset, protocol, device, workers=workers, tile_batch=tile_batch):
         cm.update(pred.classes, pred.sample["label"].to(device))
-        _save(pred, save_pred, pred_kind, overlay_dir, overlays)
+        _save(pred, save_pred, pred_kind, overlay_dir, overlays, palette)
     return scores_report(cm.compute(), cm.matrix.cpu().numpy(), names)
 
 

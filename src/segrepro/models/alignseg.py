@@ -6,7 +6,8 @@ Not the self-supervised AlignSeg (``alignseg_ssl``), which only shares the name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 from torch import Tensor, nn
@@ -107,6 +108,34 @@ class AlignSeg(ResNet):
             main=self.head(d5), stride=OUTPUT_STRIDE,
             aux={"dsn": self.dsn(d3)}, aux_strides={"dsn": OUTPUT_STRIDE},
         )
+
+
+#: The four AlignFA modules, coarse to fine, as their offsets are shown in the paper's figure.
+ALIGNFA_MODULES: tuple[str, ...] = ("CAB5", "CAB4", "CAB3", "CAB2")
+
+
+@contextlib.contextmanager
+def record_offsets(model: AlignSeg) -> Iterator[dict[str, dict[str, Tensor]]]:
+    """Record the learned offsets of every AlignFA module during the forwards run inside the block.
+
+    The hook: a standard forward hook on each ``CAB*.delta_gen1`` / ``delta_gen2`` stores that module's
+    output, which is the offset field Δ (n, 2, h, w) ``offset_warp`` receives (channel 0 = x, in half-pixels
+    of the sampled map). ``"A"`` is Δ1, which warps the upsampled coarse map, and ``"F"`` is Δ2, which warps
+    the fine map. Nothing in the model changes (outputs, state_dict); the hooks go when the block ends.
+    """
+    record: dict[str, dict[str, Tensor]] = {name: {} for name in ALIGNFA_MODULES}
+    handles = []
+    for name in ALIGNFA_MODULES:
+        cab = getattr(model, name)
+        for key, gen in (("A", cab.delta_gen1), ("F", cab.delta_gen2)):
+            def store(_module: nn.Module, _inputs: object, output: Tensor, name: str = name, key: str = key) -> None:
+                record[name][key] = output.detach()
+            handles.append(gen.register_forward_hook(store))
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @register("alignseg", "r101", pretrained_source=PRETRAINED_SOURCE, default=True, num_classes=19,

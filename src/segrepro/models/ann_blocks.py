@@ -56,13 +56,18 @@ class AsymmetricAttention(nn.Module):
         nn.init.zeros_(self.W.weight)
         nn.init.zeros_(self.W.bias)
 
+    def anchors(self, x: Tensor) -> Tensor:
+        """(B, C, h, w) → (B, C, S): the positions keys and values are taken at (the pyramid pools).
+        The non-local baseline of ``segrepro bench blocks`` overrides this to take every position."""
+        return psp_sample(x, self.psp_sizes)
+
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         b, _, h, w = high.shape
         # Both projections run even when shared, as officially: in training the shared BN then updates
         # its running statistics twice per forward, like the official model's.
         query = self.f_query(high).flatten(2).transpose(1, 2)  # (B, hw, K)
-        key = psp_sample(self.f_key(low), self.psp_sizes)  # (B, K, S)
-        value = psp_sample(self.f_value(low), self.psp_sizes).transpose(1, 2)  # (B, S, V)
+        key = self.anchors(self.f_key(low))  # (B, K, S)
+        value = self.anchors(self.f_value(low)).transpose(1, 2)  # (B, S, V)
         sim = (torch.matmul(query, key) * self.key_channels**-0.5).softmax(dim=-1)
         context = torch.matmul(sim, value).transpose(1, 2).reshape(b, -1, h, w)
         return self.W(context)

@@ -2,13 +2,12 @@
 
 Each ``runs/<method>/`` holds ``config.yaml`` (resolved recipe), ``train_summary.json`` and
 ``eval/eval_summary.json`` (headline metrics, protocol) + ``eval/per_class.csv``. Missing pieces
-stay empty (NaN), never guessed. Outputs: Markdown, CSV, a self-contained HTML page with a per-class
-heat map, and a DVC metrics JSON.
+stay empty (NaN), never guessed. Outputs: Markdown, CSV, the HTML page (rendered by
+:mod:`segrepro.tracking.leaderboard_page`, kept apart from the row computation) and a DVC metrics JSON.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from segrepro.errors import UserError
 from segrepro.io import atomic_write_text
+from segrepro.tracking.leaderboard_page import to_html, to_markdown
 from segrepro.tracking.paper_results import PaperResult, no_delta_reason, paper_label
 
 SUMMARY_COLUMNS = [
@@ -90,7 +90,7 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
     protocol = str(evaluation.get("protocol") or "")
     if miou is None and summary.get("val_mIoU") is not None:
         miou, split, protocol = summary["val_mIoU"], str(cfg.get("val_split") or "val"), "quick val (training)"
-    archive = run_dir / "submission.zip"
+    archive = run_dir / "submission.zip"  # where `submit build` writes it in the pipeline (dvc.yaml)
     row: dict[str, Any] = {
         "method": method, "recipe": recipe, "dataset": dataset, "split": split, "backbone": variant,
         "protocol": f"{split} {protocol}".strip(), "mIoU": _pct(miou), "iIoU": _pct(_first(evaluation, "iIoU")),
@@ -119,8 +119,8 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
     row["train_s_per_iter"] = float(spi) if spi is not None else math.nan
     iters = summary.get("iterations")
     row["train_hours"] = float(spi) * int(iters) / 3600.0 if spi is not None and iters is not None else math.nan
-    row["eval_img_per_s"] = _first(evaluation, "images_per_second", "img_per_s")
-    row["peak_mem_MB"] = _first(evaluation, "peak_memory_mb", "peak_mem_mb")
+    row["eval_img_per_s"] = _first(evaluation, "eval_img_per_s")  # measured by `evaluate`
+    row["peak_mem_MB"] = _first(evaluation, "peak_mem_MB")
     info = mlflow_info or {}
     row["git_sha"] = info.get("git_sha", "")
     row["data_hash"] = info.get("dvc_data_hash", "")
@@ -150,34 +150,6 @@ def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[s
                              na_position="last").reset_index(drop=True)
 
 
-def _heat_color(value: float) -> str:
-    if not isinstance(value, float) or math.isnan(value):
-        return "#eeeeee"
-    t = max(0.0, min(1.0, value / 100.0))
-    return f"hsl({int(120 * t)}, 70%, {int(85 - 30 * t)}%)"
-
-
-def to_html(table: pd.DataFrame) -> str:
-    """A self-contained page (no scripts, no external assets): the summary and a methods × classes heat map."""
-    summary = table[SUMMARY_COLUMNS].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}", escape=True)
-    class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
-    head = "".join(f"<th>{html.escape(c[len(CLASS_PREFIX):])}</th>" for c in class_cols)
-    body = []
-    for _, row in table.iterrows():
-        cells = "".join(
-            f'<td style="background:{_heat_color(row[c])}">{"" if pd.isna(row[c]) else f"{row[c]:.1f}"}</td>'
-            for c in class_cols
-        )
-        body.append(f"<tr><th>{html.escape(str(row['method']))} / {html.escape(str(row['recipe']))}</th>{cells}</tr>")
-    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}")
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>segrepro leaderboard</title><style>{style}</style>"
-        f"</head><body><h1>segrepro leaderboard</h1>{summary}<h2>Per-class IoU (%)</h2>"
-        f"<table class='heatmap'><tr class='head'><th>method / recipe</th>{head}</tr>{''.join(body)}</table></body></html>\n"
-    )
-
-
 def metrics_json(table: pd.DataFrame) -> dict[str, Any]:
     """DVC metrics: reproduced mIoU (and Δ when a paper number exists) per method/recipe."""
     out: dict[str, Any] = {}
@@ -192,7 +164,7 @@ def write_outputs(table: pd.DataFrame, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {k: out / f"leaderboard.{k}" for k in ("md", "csv", "html")}
     files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["md"], table[SUMMARY_COLUMNS].to_markdown(index=False, floatfmt=".2f") + "\n")
+    atomic_write_text(files["md"], to_markdown(table))
     atomic_write_text(files["csv"], table.to_csv(index=False))
     atomic_write_text(files["html"], to_html(table))
     atomic_write_text(files["metrics"], json.dumps(metrics_json(table), indent=2) + "\n")

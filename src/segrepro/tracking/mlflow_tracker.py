@@ -8,6 +8,7 @@ URIs are redacted and credential-like keys are dropped from params.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,33 +88,124 @@ def dvc_data_hash(data_root: Path) -> str | None:
     return None
 
 
+_ISA_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx2", "fma")
+
+
+def _cpu_info() -> tuple[str, str]:
+    """(CPU model name, the ISA flags that change float results here) from /proc/cpuinfo."""
+    import platform
+
+    model, flags = "", ""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                present = set(value.split())
+                flags = ",".join(f for f in _ISA_FLAGS if f in present)
+    return model or platform.processor() or "unknown", flags
+
+
+def _build_version(prefix: str) -> str:
+    """A library's version line from ``torch.__config__.show()`` (e.g. oneDNN "v3.12.0")."""
+    for line in torch.__config__.show().splitlines():
+        if prefix in line:
+            return line.split(prefix, 1)[1].strip().split(" (")[0].split("-Product")[0]
+    return "none"
+
+
 def environment_tags(world_size: int) -> dict[str, str]:
-    return {
+    """Where a figure was made: results differ across CPU kinds, ISAs, thread counts and library builds."""
+    model, flags = _cpu_info()
+    tags = {
         "torch_version": torch.__version__,
         "cuda_version": str(torch.version.cuda or "cpu"),
         "world_size": str(world_size),
+        "cpu_model": model,
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to: AVX512, AVX2, ...
+        "cpu_flags": flags or "unknown",
+        "torch_threads": str(torch.get_num_threads()),
+        "onednn_version": _build_version("MKL-DNN ") if torch.backends.mkldnn.is_available() else "none",
+        "mkl_version": _build_version("Math Kernel Library Version ") if torch.backends.mkl.is_available() else "none",
     }
+    if torch.cuda.is_available():
+        tags["cudnn_version"] = str(torch.backends.cudnn.version())
+        tags["gpu_model"] = torch.cuda.get_device_name()
+    return tags
+
+
+# MLflow 3's experiment-kind tag: this value opens an experiment on its runs table (model training view),
+# not on the GenAI traces overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what nests a run under another in the UI
+# A saved runs-table view (the UI's "share view" state, stored as an experiment tag): the headline metrics
+# as columns. MLflow 3.17 has no server-side default view, so it opens with ``?viewStateShareKey=headline``
+# (:func:`headline_view_url`; `segrepro ui` prints it).
+HEADLINE_VIEW = "headline"
+HEADLINE_METRICS = ("val_mIoU", "mIoU", "iIoU")
+_HEADLINE_STATE = json.dumps({"selectedColumns": ["attributes.`Dataset`"]
+                              + [f"metrics.`{m}`" for m in HEADLINE_METRICS]})
+
+
+def experiment_name(dataset: str | None = None) -> str:
+    """``<base>-<dataset>`` (base: ``MLFLOW_EXPERIMENT_NAME`` or "segrepro"), so one experiment's charts
+    never mix class sets; the cross-dataset leaderboard runs go to the base experiment itself."""
+    base = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    return f"{base}-{dataset}" if dataset else base
+
+
+def ensure_experiment(mlflow: Any, name: str, uri: str) -> str:
+    """Create ``name`` (artifacts beside a sqlite store) if needed; always tag it as a training experiment."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        experiment_id = experiment.experiment_id
+    tags = {} if experiment is None else experiment.tags
+    client = mlflow.MlflowClient()
+    for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (f"mlflow.sharedViewState.{HEADLINE_VIEW}",
+                                                               _HEADLINE_STATE)):
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return str(experiment_id)
+
+
+def headline_view_url(server: str, experiment_id: str) -> str:
+    """The runs table of an experiment with the headline metrics as columns."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}"
 
 
 class MlflowTracker:
-    """One MLflow run; implements the engine's ``Tracker`` protocol."""
+    """One MLflow run; implements the engine's ``Tracker`` protocol.
+
+    ``dataset`` picks the experiment (:func:`experiment_name`), ``parent_run_id`` nests the run under its
+    training run, and system metrics are logged where a GPU is present (``system_metrics=None``).
+    """
 
     def __init__(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
-                 experiment: str | None = None, uri: str | None = None) -> None:
+                 experiment: str | None = None, uri: str | None = None, dataset: str | None = None,
+                 parent_run_id: str | None = None, system_metrics: bool | None = None) -> None:
         import mlflow
 
         self.mlflow = mlflow
         uri = uri or tracking_uri()
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
-        name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-        if mlflow.get_experiment_by_name(name) is None:
-            location = None
-            if uri.startswith("sqlite:///"):
-                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-            mlflow.create_experiment(name, artifact_location=location)
-        mlflow.set_experiment(name)
-        self.run = mlflow.start_run(run_name=run_name, tags=dict(tags))
+        ensure_experiment(mlflow, experiment or experiment_name(dataset), uri)
+        tags = dict(tags)
+        if parent_run_id:
+            tags[PARENT_RUN_TAG] = parent_run_id
+        if system_metrics is None:
+            system_metrics = torch.cuda.is_available()
+        self.run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=system_metrics)
         self.run_id = self.run.info.run_id
         flat = {k: (str(v)[:5000] if v is not None else "None") for k, v in flatten(params).items()}
         items = list(flat.items())
@@ -136,6 +228,27 @@ class MlflowTracker:
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, name: str, split: str, root: Path, digest: str | None, context: str) -> None:
+        """``mlflow.log_input`` of a dataset split (the UI's "Dataset" column): name, split, DVC hash as the
+        digest (else the resolved path's), source path. Nothing is read or uploaded."""
+        import hashlib
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        source = resolve_dataset_source(str(Path(root).resolve()))  # a local (or s3://) path source
+        digest = digest or hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()
+        dataset = MetaDataset(source, name=f"{name}/{split}", digest=digest[:36])
+        self.mlflow.log_input(dataset, context=context, tags={"split": split})
+
+    def log_images(self, paths: list[Path], artifact_dir: str) -> None:
+        """Images shown in the run's artifact viewer (a sample of overlays)."""
+        from PIL import Image
+
+        for path in paths:
+            with Image.open(path) as im:
+                self.mlflow.log_image(im.convert("RGB"), artifact_file=f"{artifact_dir}/{Path(path).name}")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.mlflow.set_tags(dict(tags))
