@@ -82,6 +82,34 @@ def test_trainval_split_is_train_then_val(synthetic: tuple[Path, Path]) -> None:
     assert (prepared / "lists" / "trainval.txt").read_text().count("\n") == len(both)
 
 
+def test_coarse_train_extra_and_trainval_coarse(tmp_path: Path) -> None:
+    """A 4th split count writes the coarse set in the official layout; trainval_coarse reads fine train, coarse
+    train_extra (raw labelIds, also with a prepared folder) and fine val, in that order."""
+    root = synth_dataset("cityscapes", tmp_path / "cs", "1,1,1,2", SIZE, seed=0)
+    prepared = prepare_dataset("cityscapes", root)
+    coarse = sorted((root / "gtCoarse" / "train_extra").glob("*/*_gtCoarse_labelIds.png"))
+    assert [p.parent.name for p in coarse] == ["augsburg", "bad-honnef"]
+    for label_png in coarse:
+        stem = label_png.name.removesuffix("_gtCoarse_labelIds.png")
+        assert (root / "leftImg8bit" / "train_extra" / label_png.parent.name / f"{stem}_leftImg8bit.png").is_file()
+        for suffix in ("instanceIds.png", "color.png", "polygons.json"):
+            assert (label_png.parent / f"{stem}_gtCoarse_{suffix}").is_file()
+    extra = get_dataset("cityscapes", root, "train_extra", with_instances=True)
+    sample = extra[0]
+    assert sample["label"].shape == SIZE and sample["instance"].shape == SIZE
+    raw = np.asarray(Image.open(coarse[0]))
+    np.testing.assert_array_equal(sample["label"], label_to_train_lut()[raw])
+    assert (raw == 0).mean() > 0.1  # a coarse annotation leaves the class boundaries unlabeled
+    both = get_dataset("cityscapes", root, "trainval_coarse", prepared=prepared)
+    assert [p.parent.parent.name for p in both.images] == ["train", "train_extra", "train_extra", "val"]
+    assert "gtCoarse" in both.label_path(1).parts and both.label_path(0).is_relative_to(prepared)
+    np.testing.assert_array_equal(both[1]["label"], sample["label"])
+    with pytest.raises(UserError, match="leftImg8bit_trainextra.zip"):
+        get_dataset("cityscapes", synth_dataset("cityscapes", tmp_path / "fine", "1,1,1", SIZE, 0), "trainval_coarse")
+    with pytest.raises(UserError, match="then optionally train_extra"):
+        synth_dataset("cityscapes", tmp_path / "bad", "1,1,1,1,1", SIZE, 0)
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_every_evaluated_class_in_each_split(synthetic: tuple[Path, Path], split: str) -> None:
     ds = get_dataset("cityscapes", synthetic[0], split)

@@ -36,7 +36,8 @@ app.add_typer(bench_app, name="bench")
 def data_synth(
     dataset: str = typer.Argument(..., help="Dataset name (cityscapes, voc, coco_stuff27, pascal_context, ade20k)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the synthetic dataset into (official layout)."),
-    split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4."),
+    split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4 (Cityscapes: a 4th "
+                                               "count adds coarse train_extra images)."),
     size: Optional[str] = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
     seed: int = typer.Option(0, "--seed", help="Same seed gives byte-identical files."),
     profile: str = typer.Option("default", "--profile", help="default (small, all-or-nothing) or full (Cityscapes: "
@@ -176,11 +177,13 @@ def train_cmd(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest valid checkpoint."),
     set_: list[str] = typer.Option([], "--set", help="Override a params.yaml value: --set train.ann.optimizer.lr=0.005"),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Weights a multi-stage recipe (init_from) starts "
+                                        "from (default: <method>-<recipe>/model.pt beside --out)."),
 ) -> None:
     """Train one method (under torchrun: DDP across processes, same global batch)."""
     from segrepro import stages
 
-    summary = stages.train(method, recipe, data, out, resume, set_, params)
+    summary = stages.train(method, recipe, data, out, resume, set_, params, init)
     if "val_mIoU" in summary:
         typer.echo(f"{method}: val mIoU {summary['val_mIoU']:.4f} ({summary['checkpoint']})")
 

@@ -54,6 +54,49 @@ def export_weights(checkpoint: Path, dst: Path) -> None:
         torch.save(state["model"], tmp)
 
 
+@dataclass(frozen=True)
+class InitWeights:
+    """The trained weights a multi-stage recipe starts from (``init_from``), and their digest for the record."""
+
+    source: str  # "<method>/<recipe>"
+    path: Path
+    sha256: str
+
+    def record(self) -> dict[str, str]:
+        """What train_summary.json and the MLflow params keep (``init_from`` itself is a recipe key)."""
+        return {"init_checkpoint": str(self.path), "init_sha256": self.sha256}
+
+    def load_into(self, model: Any) -> None:
+        """Load the state_dict strictly: a stage must continue the very model the previous one trained."""
+        import torch
+
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, AttributeError, TypeError) as err:
+            first = " ".join(str(err).split())[:300]
+            raise UserError(f"{self.path}: the {self.source} weights do not fit this recipe's model ({first}); "
+                            "give both stages the same variant and num_classes") from None
+
+
+def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeights | None:
+    """The weights ``cfg.init_from`` names (``init``, else ``<method>-<recipe>/model.pt`` beside ``out``)."""
+    from segrepro.data.manifest import sha256_file
+
+    if cfg.init_from is None:
+        if init is not None:
+            raise UserError(f"--init {init}: recipes.{cfg.method}.{cfg.recipe} has no init_from; drop --init or "
+                            "add init_from: <method>/<recipe> to the recipe")
+        return None
+    first_method, _, first_recipe = cfg.init_from.partition("/")
+    path = Path(init) if init is not None else Path(out).parent / f"{first_method}-{first_recipe}" / "model.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: trained weights of {cfg.init_from} not found (recipes.{cfg.method}.{cfg.recipe}."
+                        f"init_from); train that stage first: segrepro train --method {first_method} --recipe "
+                        f"{first_recipe} --out {path.parent}")
+    return InitWeights(cfg.init_from, path, sha256_file(path))
+
+
 def train(
     method: str,
     recipe: str | None = None,
@@ -62,8 +105,13 @@ def train(
     resume: bool = True,
     overrides: Sequence[str] = (),
     params_path: Path = Path("params.yaml"),
+    init: Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``method`` with its recipe; one MLflow run (rank 0); returns the summary written to ``out``."""
+    """Train ``method`` with its recipe; one MLflow run (rank 0); returns the summary written to ``out``.
+
+    A multi-stage recipe (``init_from: <method>/<recipe>``) starts from that run's weights: ``init``, by
+    default ``<method>-<recipe>/model.pt`` beside ``out`` (the benchmark row's run folder, runs/<row>).
+    """
     import torch
 
     from segrepro.data import get_dataset
@@ -77,21 +125,20 @@ def train(
     from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
     params, cfg = resolved_config(method, recipe, overrides, params_path)
-    if cfg.init_from or cfg.train_min_side:
-        key = "init_from" if cfg.init_from else "train_min_side"
-        raise UserError(f"recipes.{method}.{cfg.recipe}.{key}: recorded from the official files but not implemented "
-                        "in training yet (docs/recipes.md); train the stages by hand or remove the key")
     dataset_name = cfg.dataset
     root = _data_root(params, dataset_name, data)
     prepared = default_prepared_dir(root)
     reader_kwargs = {"prepared": prepared} if prepared.is_dir() and dataset_name == "cityscapes" else {}
+    out = Path(out or Path("runs") / method)
+    start = init_weights(cfg, out, init)  # a missing first stage fails before any output
     dist = init_distributed(cfg.device)
     layout = batch_layout(cfg, dist.world_size)  # refuses a batch that does not split, before any output
-    out = Path(out or Path("runs") / method)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = build(method, variant=cfg.variant, num_classes=cfg.model_num_classes(), pretrained=cfg.pretrained)
+    if start is not None:
+        start.load_into(model)
     train_set = get_dataset(dataset_name, root, cfg.train_split, **reader_kwargs)
     iterations = cfg.total_iterations(len(train_set))
     if cfg.self_supervised:
@@ -109,7 +156,7 @@ def train(
         if data_hash:
             tags["dvc_data_hash"] = data_hash
         # the recipe as validated, plus how this run cut its batch (the recipe's gpus is the paper's count)
-        run_params = {**cfg.flat_params(), **layout.as_dict()}
+        run_params = {**cfg.flat_params(), **layout.as_dict(), **(start.record() if start else {})}
         tracker = MlflowTracker(run_name=f"{method}-{cfg.recipe}", tags=tags, params=run_params, dataset=dataset_name)
         tracker.log_dataset(dataset_name, cfg.train_split, root, data_hash, "training")
     augment, norm = cfg.train_augment(), cfg.norm()
@@ -122,7 +169,7 @@ def train(
         summary: dict[str, Any] = {
             "method": method, "recipe": cfg.recipe, "iterations": result.iterations,
             "checkpoint": str(result.final_checkpoint), "seconds_per_iter": result.seconds_per_iter,
-            **layout.as_dict(), "gpus": cfg.gpus,
+            **layout.as_dict(), "gpus": cfg.gpus, **(start.record() if start else {}),
         }
         if dist.is_main:
             assert tracker is not None

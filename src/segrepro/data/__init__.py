@@ -29,10 +29,11 @@ class DatasetSpec:
     default_split_sizes: tuple[int, ...]
     default_size: tuple[int, int]  # (H, W) of synthetic images
     combined_splits: tuple[str, ...] = ()  # training splits made of several (Cityscapes trainval)
+    extra_splits: tuple[str, ...] = ()  # optional, after ``splits`` in --split-sizes (Cityscapes train_extra)
 
     @property
     def all_splits(self) -> tuple[str, ...]:
-        return self.splits + self.combined_splits
+        return self.splits + self.extra_splits + self.combined_splits
 
     @property
     def module(self) -> ModuleType:
@@ -50,7 +51,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "cityscapes": DatasetSpec(
         "cityscapes", "segrepro.data.cityscapes", "CityscapesDataset", 19, 255, ("train", "val", "test"), (8, 4, 4), (256, 512),
-        ("trainval", "trainval_coarse"),
+        ("trainval", "trainval_coarse"), ("train_extra",),
     ),
     "voc": DatasetSpec("voc", "segrepro.data.voc", "VOCDataset", 21, 255, ("trainaug", "val"), (8, 4), (256, 320)),
     "coco_stuff27": DatasetSpec(
@@ -82,16 +83,20 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_split_sizes(spec: DatasetSpec, text: str) -> dict[str, int]:
-    """``"8,4,4"`` → {train: 8, val: 4, test: 4} in the dataset's split order."""
+    """``"8,4,4"`` → {train: 8, val: 4, test: 4} in the dataset's split order; optional splits may follow
+    (Cityscapes ``"8,4,4,6"`` adds 6 coarse train_extra images)."""
     try:
         sizes = [int(v) for v in text.split(",")]
     except ValueError:
         sizes = []
-    if len(sizes) != len(spec.splits) or min(sizes) < 1:
+    names = spec.splits + spec.extra_splits
+    if not len(spec.splits) <= len(sizes) <= len(names) or min(sizes) < 1:
+        optional = f" (then optionally {'/'.join(spec.extra_splits)})" if spec.extra_splits else ""
         raise UserError(
             f"--split-sizes '{text}' must be {len(spec.splits)} positive integers for {'/'.join(spec.splits)}"
+            f"{optional}"
         )
-    return dict(zip(spec.splits, sizes))
+    return dict(zip(names, sizes))
 
 
 def synth_dataset(

@@ -542,7 +542,24 @@ def _resolve(params: Mapping[str, Any], method: str, name: str, local: Mapping[s
 
         merged["variant"] = get_spec(method).variant
     layers = [_Layer(f"train.{method}", local), *(_Layer(f"recipes.{method}.{n}", d) for n, d in chain)]
-    return _validate(merged, card, _Sources(method, layers, f"recipes.{method}.{name}"))
+    sources = _Sources(method, layers, f"recipes.{method}.{name}")
+    recipe = _validate(merged, card, sources)
+    if recipe.init_from is not None:
+        _check_init_from(params, recipe, sources)
+    return recipe
+
+
+def _check_init_from(params: Mapping[str, Any], recipe: Recipe, sources: _Sources) -> None:
+    """``init_from`` names another recipe that exists (a chain of stages, never the recipe itself)."""
+    where = sources.path(("init_from",))
+    method, _, name = recipe.init_from.partition("/") if recipe.init_from else ("", "", "")
+    if not method or not name:
+        raise RecipeError(f"{where}: expected <method>/<recipe>, got {recipe.init_from!r}")
+    recipes = (params.get("recipes") or {}).get(method) or {}
+    if name not in recipes:
+        raise _unknown_recipe(where, method, name, recipes)
+    if (method, name) == (recipe.method, recipe.recipe):
+        raise RecipeError(f"{where}: a recipe cannot start from its own weights; name the previous stage")
 
 
 def _local(params: Mapping[str, Any], method: str) -> Mapping[str, Any]:
@@ -577,11 +594,46 @@ class SynthCfg(_Frozen):
 
 
 class BenchmarkRow(_Frozen):
-    """One ``benchmark.<method>-<recipe>`` row: a train/evaluate branch of dvc.yaml (runs/<row>)."""
+    """One ``benchmark.<method>-<recipe>`` row: a train/evaluate branch of dvc.yaml (runs/<row>).
+
+    ``after`` is the file the row's training waits for and DVC reruns it on (dvc.yaml cannot list a dep
+    for some rows only): the ``model.pt`` of the row that trains the recipe's ``init_from``, otherwise the
+    prepared data. :func:`check_rows` says which.
+    """
 
     method: str
     recipe: str
     dataset: str
+    after: str
+
+
+def row_after(rows: Mapping[str, Any], name: str, recipe: Recipe) -> str:
+    """What ``benchmark.<name>.after`` must be: runs/<method>-<recipe>/model.pt of the first stage, which
+    must be a row itself (``segrepro train`` looks for its weights beside the row's run folder)."""
+    if recipe.init_from is None:
+        return f"data/{recipe.dataset}_prepared"
+    first = recipe.init_from.replace("/", "-")
+    method, _, name_of = recipe.init_from.partition("/")
+    row = rows.get(first)
+    if not isinstance(row, Mapping) or (row.get("method"), row.get("recipe")) != (method, name_of):
+        raise RecipeError(f"benchmark.{name}: recipe {recipe.method}/{recipe.recipe} starts from {recipe.init_from} "
+                          f"(init_from); add the row {first}: {{method: {method}, recipe: {name_of}, dataset: "
+                          f"{recipe.dataset}, after: ...}} to benchmark")
+    return f"runs/{first}/model.pt"
+
+
+def check_rows(params: Mapping[str, Any]) -> None:
+    """Every benchmark row names a recipe that resolves, on its dataset, with the right ``after``."""
+    rows = params.get("benchmark") or {}
+    for name, row in rows.items():
+        recipe = resolve(params, row["method"], row["recipe"])
+        if row["dataset"] != recipe.dataset:
+            raise RecipeError(f"benchmark.{name}.dataset: {row['dataset']!r}, but recipe {recipe.method}/"
+                              f"{recipe.recipe} trains on {recipe.dataset!r}; write dataset: {recipe.dataset}")
+        expected = row_after(rows, name, recipe)
+        if row["after"] != expected:
+            why = "the first stage's weights" if recipe.init_from else "its prepared data"
+            raise RecipeError(f"benchmark.{name}.after: {row['after']!r}; write after: {expected} ({why})")
 
 
 class SubmitRow(_Frozen):
@@ -633,6 +685,7 @@ def validate_params(params: Mapping[str, Any]) -> None:
     for method in params.get("train") or {}:
         if (params.get("recipes") or {}).get(method):
             resolve(params, method)
+    check_rows(params)
 
 
 def load_record(data: Any, where: str) -> Recipe:
