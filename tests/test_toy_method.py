@@ -19,7 +19,8 @@ from segrepro.models import MethodCard, Protocol, SegOutput, register, register_
 from segrepro.models import registry
 
 PARAMS = {
-    "benchmark": {"toy-demo": {"method": "toy", "recipe": "demo", "dataset": "cityscapes"}},
+    "benchmark": {"toy-demo": {"method": "toy", "recipe": "demo", "dataset": "cityscapes",
+                              "after": "data/cityscapes_prepared"}},
     "data": {"cityscapes": "cs"},
     "train": {"toy": {"recipe": "demo"}},
     "recipes": {"toy": {

@@ -76,7 +76,7 @@ class InitWeights:
         except (RuntimeError, AttributeError, TypeError) as err:
             first = " ".join(str(err).split())[:300]
             raise UserError(f"{self.path}: the {self.source} weights do not fit this recipe's model ({first}); "
-                            "give both stages the same variant and num_classes") from None
+                            "give both stages the same variant and num_classes", exit_code=2) from None
 
 
 def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeights | None:
@@ -86,14 +86,14 @@ def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeight
     if cfg.init_from is None:
         if init is not None:
             raise UserError(f"--init {init}: recipes.{cfg.method}.{cfg.recipe} has no init_from; drop --init or "
-                            "add init_from: <method>/<recipe> to the recipe")
+                            "add init_from: <method>/<recipe> to the recipe", exit_code=2)
         return None
     first_method, _, first_recipe = cfg.init_from.partition("/")
     path = Path(init) if init is not None else Path(out).parent / f"{first_method}-{first_recipe}" / "model.pt"
     if not path.is_file():
         raise UserError(f"{path}: trained weights of {cfg.init_from} not found (recipes.{cfg.method}.{cfg.recipe}."
                         f"init_from); train that stage first: segrepro train --method {first_method} --recipe "
-                        f"{first_recipe} --out {path.parent}")
+                        f"{first_recipe} --out {path.parent}", exit_code=2)
     return InitWeights(cfg.init_from, path, sha256_file(path))
 
 
