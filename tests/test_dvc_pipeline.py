@@ -21,7 +21,8 @@ from segrepro import depgraph
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ROWS = {f"{m}-demo": {"method": m, "recipe": "demo", "dataset": "cityscapes"} for m in ("alignseg", "ann")}
+ROWS = {f"{m}-demo": {"method": m, "recipe": "demo", "dataset": "cityscapes", "after": "data/cityscapes_prepared"}
+        for m in ("alignseg", "ann")}
 TINY = {"iterations": 2, "crop": 64, "batch_size": 2, "per_gpu_batch": 2, "workers": 0, "checkpoint_every": 1,
         "log_every": 1}
 
@@ -134,3 +135,55 @@ def test_repro_branch_rerun_and_noop(tmp_path: Path) -> None:
         importers = {s for s, deps in deps_of.items() if any(target == d or target.startswith(f"{d}/") for d in deps)}
         assert required <= changed == importers, module
     assert "up to date" in _run([str(BIN / "dvc"), "status"], work, env)
+
+
+CHAIN = ("gald-demo", "gald-demo_coarse_stage2", "gald-demo_coarse")  # GALD's fine → coarse → fine twin
+
+
+def test_multi_stage_rows_rerun_on_the_first_stage(tmp_path: Path) -> None:
+    """A multi-stage recipe's row depends on the previous stage's model.pt (its ``after``): stages train in
+    chain order, and a change to the first stage's params reruns the later ones on the new weights."""
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copytree(REPO / "src" / "segrepro", work / "src" / "segrepro", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["benchmark"] = {row: params["benchmark"][row] for row in CHAIN}
+    params["submit"] = {}
+    params["synth"] = {"cityscapes": {"size": "64x128", "split_sizes": "2,2,1,2", "seed": 0}}
+    params["train"]["gald"].update(TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    _run(["git", "init", "-q"], work, env)
+    _run([str(BIN / "dvc"), "init", "-q"], work, env)
+
+    def repro() -> tuple[list[str], dict]:
+        out = _run([str(BIN / "dvc"), "repro", f"train@{CHAIN[-1]}"], work, env)
+        lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+        return re.findall(r"Running stage '(train@[^']+)'", out), lock
+
+    def model_md5(lock: dict, row: str) -> str:
+        return next(o["md5"] for o in lock[f"train@{row}"]["outs"] if o["path"] == f"runs/{row}/model.pt")
+
+    def init_md5(lock: dict, row: str, first: str) -> str:
+        return next(d["md5"] for d in lock[f"train@{row}"]["deps"] if d["path"] == f"runs/{first}/model.pt")
+
+    ran, lock = repro()
+    assert ran == [f"train@{row}" for row in CHAIN]  # chain order, the only order that can work
+    for first, second in zip(CHAIN, CHAIN[1:]):
+        assert init_md5(lock, second, first) == model_md5(lock, first)
+        summary = json.loads((work / "runs" / second / "train_summary.json").read_text())
+        assert summary["init_checkpoint"] == f"runs/{first}/model.pt"
+    before = model_md5(lock, CHAIN[0])
+
+    params["recipes"]["gald"]["demo"]["optimizer"] = {"lr": 0.02}  # the first stage's own recipe
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run([str(BIN / "dvc"), "status", "--json", "--with-deps", f"train@{CHAIN[-1]}"], work, env))
+    assert {f"train@{row}" for row in CHAIN} <= set(status)
+    ran, lock = repro()
+    assert ran == [f"train@{row}" for row in CHAIN]
+    assert model_md5(lock, CHAIN[0]) != before
+    assert init_md5(lock, CHAIN[1], CHAIN[0]) == model_md5(lock, CHAIN[0])
+    assert init_md5(lock, CHAIN[2], CHAIN[1]) == model_md5(lock, CHAIN[1])
