@@ -14,8 +14,8 @@ from segrepro.data.loader import build_loader
 from segrepro.data.transforms_ssl import MultiCrop
 from segrepro.data.transforms import (
     ALIGNSEG_SCALES, NORMALIZATIONS, Compose, Normalize, PadTo, RandomBrightness, RandomCrop,
-    RandomHorizontalFlip, RandomResize, RandomScaleChoice, ToTensor, build_eval_transforms, build_train_transforms,
-    resize_label,
+    RandomHorizontalFlip, RandomResize, RandomScaleChoice, ResizeShortSide, ScaleRange, ToTensor, TrainAugment,
+    build_eval_transforms, build_train_transforms, resize_label,
 )
 from segrepro.models import get_card, list_methods
 
@@ -133,6 +133,31 @@ def test_ann_resize_range_and_brightness() -> None:
         assert (img == img[0, 0, 0]).all() and 0 <= img[0, 0, 0] <= 15  # one shift for all channels, clipped at 0
         shifts.add(int(img[0, 0, 0]))
     assert len(shifts) > 5
+
+
+def test_train_min_side_resizes_before_the_random_resize() -> None:
+    """ANN ADE20K: short side to ``min_side`` (up or down, aspect kept), then the random resize draws from it."""
+    small, tall = ResizeShortSide(20)(_sample(10, 30)), ResizeShortSide(20)(_sample(60, 40))
+    assert small["image"].shape[:2] == small["label"].shape == (20, 60)
+    assert tall["image"].shape[:2] == (30, 20)
+    np.testing.assert_array_equal(small["label"], resize_label(_sample(10, 30)["label"], (20, 60)))
+    aug = TrainAugment((8, 8), ScaleRange((1.0, 1.0)), flip=False, min_side=20)
+    first = build_train_transforms(aug, _norm("ann"), _gen(0)).transforms[:2]
+    assert isinstance(first[0], ResizeShortSide) and isinstance(first[1], RandomResize)
+    resized = Compose(first)(_sample(10, 30))  # scale 1, aspect 1: the random resize keeps the 20-px short side
+    assert resized["image"].shape[:2] == (20, 60)
+    out = build_train_transforms(aug, _norm("ann"), _gen(0))(_sample(10, 30))
+    assert tuple(out["image"].shape) == (3, 8, 8)
+
+
+def test_recipe_train_min_side_reaches_the_pipeline() -> None:
+    from pathlib import Path
+
+    from segrepro.engine.config import load_params, resolve_recipe
+
+    cfg = resolve_recipe(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "ann", "official_ade20k")
+    assert cfg.train_augment().min_side == 520
+    assert isinstance(build_train_transforms(cfg.train_augment(), cfg.norm()).transforms[0], ResizeShortSide)
 
 
 def test_seeded_generator_reproduces_pipeline() -> None:

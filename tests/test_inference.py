@@ -139,3 +139,31 @@ def test_protocol_table_and_overrides() -> None:
         resolve_protocol(_official("alignseg"), "fancy")
     with pytest.raises(UserError, match="scales"):
         resolve_protocol(_official("alignseg"), scales=[0])
+
+
+def test_resize_first_then_scales_and_back_to_the_label_size() -> None:
+    """``resize`` (short side, long cap): the scales run on the resized image and the fused probabilities go
+    back to the input size (the label's), i.e. the reference protocol on the resized image, resized back."""
+    from segrepro.models.card import Protocol
+
+    model = StridedNet().eval()
+    image = torch.randn(3, 10, 30, generator=torch.Generator().manual_seed(3))
+    assert Protocol("official", resize=(16, 40)).base_size(10, 30) == (13, 40)  # long side caps: 40/30
+    assert Protocol("official", resize=(16, 64)).base_size(10, 30) == (16, 48)  # short side 16
+    proto = Protocol("official", (0.75, 1.0), True, None, None, (16, 64))
+    with torch.no_grad():
+        ours = predict_probs(model, image, proto)
+        base = F.interpolate(image[None], size=(16, 48), mode="bilinear", align_corners=True)[0]
+        ref = F.interpolate(_reference(model, base, proto.scales, True, None, 1)[None], size=(10, 30),
+                            mode="bilinear", align_corners=True)[0]
+    assert ours.shape == (5, 10, 30) and torch.allclose(ours, ref, atol=1e-5)
+    assert "short side 16 (long ≤ 64)" in proto.describe()
+
+
+def test_recipe_eval_resize_reaches_the_protocol() -> None:
+    from segrepro.engine.config import load_params, resolve_recipe
+
+    from pathlib import Path
+
+    cfg = resolve_recipe(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "ann", "official_ade20k")
+    assert resolve_protocol(cfg.official_protocols(), split="val").resize == (520, 1040)

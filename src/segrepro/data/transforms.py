@@ -73,12 +73,14 @@ class ScaleRange:
 class TrainAugment:
     """A training pipeline: crop (h, w), scale augmentation (None: self-supervised multi-crop), flip and
     ANN's brightness shift. Discrete scales give the AlignSeg-family order (scale, crop, normalise, pad
-    bottom/right, flip); a range gives ANN's (resize, crop, brightness, flip, normalise, pad at random)."""
+    bottom/right, flip); a range gives ANN's (resize, crop, brightness, flip, normalise, pad at random).
+    ``min_side`` first resizes every image to that short side (ANN ADE20K's ``trans_seq``)."""
 
     crop: tuple[int, int]
     scale: ScaleChoices | ScaleRange | None
     flip: bool = True
     brightness: int = 0
+    min_side: int | None = None
 
 
 ALIGNSEG_SCALES: tuple[float, ...] = ScaleChoices(0.7, 2.1, 0.1).values  # 0.7 + randint(0,14)/10
@@ -131,6 +133,18 @@ class Compose:
         for t in self.transforms:
             sample = t(sample)
         return sample
+
+
+class ResizeShortSide:
+    """Resize so that the short side is ``min_side`` (up or down), keeping the aspect ratio (rounded)."""
+
+    def __init__(self, min_side: int) -> None:
+        self.min_side = min_side
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[:2]
+        f = self.min_side / min(h, w)
+        return _resized(sample, (max(1, int(round(h * f))), max(1, int(round(w * f)))))
 
 
 class RandomScaleChoice:
@@ -270,13 +284,14 @@ def build_train_transforms(aug: TrainAugment, norm: Normalization,
     hw = aug.crop
     flip = [RandomHorizontalFlip(0.5, generator=generator)] if aug.flip else []
     brightness = [RandomBrightness(aug.brightness, generator=generator)] if aug.brightness else []
+    first = [ResizeShortSide(aug.min_side)] if aug.min_side else []
     if aug.scale is None:
         from segrepro.data.transforms_ssl import MultiCrop
 
         return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
     if isinstance(aug.scale, ScaleRange):
         return Compose([
-            RandomResize(aug.scale.scale, aug.scale.aspect, generator=generator),
+            *first, RandomResize(aug.scale.scale, aug.scale.aspect, generator=generator),
             RandomCrop(hw, generator=generator), *brightness, *flip,
             Normalize(norm), PadTo(hw, position="random", generator=generator), ToTensor(),
         ])
@@ -284,7 +299,7 @@ def build_train_transforms(aug: TrainAugment, norm: Normalization,
     # the same draw (the offset range of the padded image is 0 wherever padding happens) and the same
     # pixels, since normalisation is per pixel; it just normalises crop-size arrays instead of 2x images.
     return Compose([
-        RandomScaleChoice(aug.scale.values, generator=generator), *brightness,
+        *first, RandomScaleChoice(aug.scale.values, generator=generator), *brightness,
         RandomCrop(hw, generator=generator), Normalize(norm),
         PadTo(hw, position="bottom_right"), *flip, ToTensor(),
     ])

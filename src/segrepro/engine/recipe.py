@@ -193,7 +193,8 @@ class Recipe(_Frozen):
         return NORMALIZATIONS[self.normalization]
 
     def train_augment(self) -> TrainAugment:
-        return TrainAugment(self.crop_hw, self.scale.augment() if self.scale else None, self.flip, self.brightness)
+        return TrainAugment(self.crop_hw, self.scale.augment() if self.scale else None, self.flip, self.brightness,
+                            self.train_min_side)
 
     def eval_sizes(self, at_train_crop: bool = False) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         """(input size, label size) of the eval transform; ``at_train_crop`` (quick val of a fixed-size
@@ -207,7 +208,7 @@ class Recipe(_Frozen):
         """The card's protocol per split, with the recipe's ``eval`` entries replacing it split by split."""
         table = dict(self.card.eval_protocols)
         for split, cfg in self.eval.items():
-            table[split] = Protocol("official", cfg.scales, cfg.flip, cfg.crop, cfg.stride)
+            table[split] = Protocol("official", cfg.scales, cfg.flip, cfg.crop, cfg.stride, cfg.resize)
         return table
 
     def model_num_classes(self) -> int | None:
@@ -441,9 +442,11 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
         if getattr(recipe, key) not in splits:
             raise fail((key,), f"{recipe.dataset} has no split {getattr(recipe, key)!r}; "
                        f"choose one of: {', '.join(splits)}")
-    for split in recipe.eval:
+    for split, protocol in recipe.eval.items():
         if split not in splits:
             raise fail(("eval", split), f"{recipe.dataset} has no split {split!r}; choose one of: {', '.join(splits)}")
+        if protocol.resize is not None and protocol.resize[0] > protocol.resize[1]:
+            raise fail(("eval", split, "resize"), "give [short side, long-side cap] with short ≤ long")
     variants = list_variants(recipe.method)
     if recipe.variant is not None and recipe.variant not in variants:
         raise fail(("variant",), f"unknown variant {recipe.variant!r} for {recipe.method}; choose one of: "
@@ -475,6 +478,7 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
     if recipe.self_supervised:
         for loc, wrong in ((("loss",), recipe.loss is not None), (("scale",), recipe.scale is not None),
                            (("flip",), recipe.flip), (("brightness",), recipe.brightness != 0),
+                           (("train_min_side",), recipe.train_min_side is not None),
                            (("optimizer", "poly_power"), opt.poly_power is not None),
                            (("optimizer", "head_lr_mult"), opt.head_lr_mult != 1.0)):
             if wrong:

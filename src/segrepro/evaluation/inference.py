@@ -10,6 +10,9 @@ Fusion rules (what the official code does, reference specs):
 * **Scales and flips**: the image is resized bilinearly (align_corners=True) to ``int(h·s) × int(w·s)``;
   each (scale, flip) logit map is resized back to the input size, softmaxed, and the probabilities are
   **averaged** (ANN sums cubic-resized logits; softmax averaging is the common rule across methods).
+* **Resize first** (``Protocol.resize``, ANN ADE20K / Context): the scales are relative to the image brought
+  to the short side (long side capped); the fused probabilities go back (bilinear) to the input size, so the
+  class map always matches the label the metrics compare it with.
 Memory: tiles run in chunks of ``tile_batch``; one logit accumulator at the current scale and one
 probability accumulator at the input size live on the device, and nothing goes back to the host.
 """
@@ -127,11 +130,15 @@ def predict_logits(model: nn.Module, image: Tensor, crop: int | None, stride: in
 @torch.no_grad()
 def predict_probs(model: nn.Module, image: Tensor, protocol: Protocol, tile_batch: int = 4) -> Tensor:
     """Class probabilities ``(C, H, W)`` of one normalised image, averaged over scales and flips."""
-    h, w = image.shape[-2:]
+    size = tuple(image.shape[-2:])
+    base = image.unsqueeze(0)
+    if protocol.base_size(*size) != size:
+        base = F.interpolate(base, size=protocol.base_size(*size), mode="bilinear", align_corners=True)
+    h, w = base.shape[-2:]
     acc: Tensor | None = None
     n = 0
     for s in protocol.scales:
-        x = image.unsqueeze(0)
+        x = base
         if s != 1.0:
             x = F.interpolate(x, size=(int(h * s), int(w * s)), mode="bilinear", align_corners=True)
         logits = predict_logits(model, x[0], protocol.crop, protocol.tile_stride, protocol.flip, tile_batch)
@@ -141,7 +148,10 @@ def predict_probs(model: nn.Module, image: Tensor, protocol: Protocol, tile_batc
         acc = probs if acc is None else acc.add_(probs)
         n += logits.shape[0]
     assert acc is not None
-    return acc.div_(n)
+    acc = acc.div_(n)
+    if (h, w) != size:
+        acc = F.interpolate(acc[None], size=size, mode="bilinear", align_corners=True)[0]
+    return acc
 
 
 def predict_classes(model: nn.Module, image: Tensor, protocol: Protocol, tile_batch: int = 4) -> Tensor:

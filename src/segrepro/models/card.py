@@ -26,17 +26,28 @@ def third_overlap_stride(crop: int) -> int:
 
 @dataclass(frozen=True)
 class Protocol:
-    """One inference protocol; ``crop=None`` means the whole image in one pass."""
+    """One inference protocol; ``crop=None`` means the whole image in one pass. ``resize`` (short side, long-side
+    cap) first brings the image to that size, the size the scales are relative to (ANN ADE20K / Context)."""
 
     name: str
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     crop: int | None = None
     stride: int | None = None  # default: third_overlap_stride(crop)
+    resize: tuple[int, int] | None = None
 
     def describe(self) -> str:
         window = f"sliding {self.crop}/{self.tile_stride}" if self.crop else "whole image"
-        return f"{self.name}: {window}, scales {list(self.scales)}, flip {self.flip}"
+        base = f", short side {self.resize[0]} (long ≤ {self.resize[1]})" if self.resize else ""
+        return f"{self.name}: {window}{base}, scales {list(self.scales)}, flip {self.flip}"
+
+    def base_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size the scales apply to: (h, w), or ``resize``'s short side capped by its long side."""
+        if self.resize is None:
+            return h, w
+        short, cap = self.resize
+        f = min(short / min(h, w), cap / max(h, w))
+        return max(1, int(round(h * f))), max(1, int(round(w * f)))
 
     @property
     def tile_stride(self) -> int | None:
