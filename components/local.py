@@ -6,8 +6,6 @@ imports what it needs; the work itself lives in segrepro, not here.
 """
 
 
-from typing import List
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -15,27 +13,31 @@ from components import DEFAULT_IMAGE, StageComponents
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def prepare(data_root: str, dataset: Output[Dataset]):
-    """Copy the raw dataset into the artifact, then write the prepared data beside it."""
+def prepare(data_root: str, name: str, dataset: Output[Dataset]):
+    """Copy the raw dataset ``<data_root>/<name>`` into the artifact, then write the prepared data beside it."""
     from pathlib import Path
 
     from components import DATASET_SUBDIR
     from pipelines.data import fetch_data
     from segrepro.data import prepare_dataset
 
-    root = fetch_data(data_root, Path(dataset.path) / DATASET_SUBDIR)
-    prepare_dataset("cityscapes", root)
+    root = fetch_data(f"{data_root.rstrip('/')}/{name}", Path(dataset.path) / DATASET_SUBDIR)
+    prepare_dataset(name, root)
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def train(method: str, recipe: str, gpus: int, dataset: Input[Dataset], model: Output[Model]):
-    """One process here (torchrun is the container's business); params.yaml from the cwd."""
+def train(method: str, recipe: str, gpus: int, dataset: Input[Dataset], model: Output[Model],
+          init: Input[Model] = None):
+    """One process here (torchrun is the container's business); params.yaml from the cwd. ``init``: the
+    previous stage's run folder, for a multi-stage recipe (init_from)."""
     from pathlib import Path
 
-    from components import DATASET_SUBDIR
+    from components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
 
-    stages.train(method, recipe or None, Path(dataset.path) / DATASET_SUBDIR, Path(model.path), resume=True)
+    start = Path(init.path) / MODEL_FILE if init is not None else None
+    stages.train(method, recipe or None, Path(dataset.path) / DATASET_SUBDIR, Path(model.path), resume=True,
+                 init=start)
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -70,20 +72,30 @@ def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def leaderboard(results: Input[List[Metrics]], board: Output[Markdown], page: Output[HTML], scores: Output[Metrics]):
-    """Link the evaluated runs into one folder, build the leaderboard, hand out its files."""
+def collect(row: str, result: Input[Metrics], runs: Output[Artifact], previous: Input[Artifact] = None):
+    """The runs folder so far (``previous``) plus this evaluated run as ``runs/<row>``."""
+    import shutil
+    from pathlib import Path
+
+    if previous is not None:
+        shutil.copytree(previous.path, runs.path, dirs_exist_ok=True)
+    shutil.copytree(result.path, Path(runs.path) / row)
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def leaderboard(runs: Input[Artifact], board: Output[Markdown], page: Output[HTML], scores: Output[Metrics]):
+    """Build the leaderboard over the collected runs folder, hand out its files."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from pipelines.data import collect_runs
     from segrepro import stages
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs = collect_runs([r.path for r in results], Path(tmp) / "runs")
-        stages.leaderboard(runs, Path(tmp) / "board")
+        rows = sorted(p.name for p in Path(runs.path).iterdir())
+        stages.leaderboard(Path(runs.path), Path(tmp) / "board", methods=rows)
         for name, artifact in (("leaderboard.md", board), ("leaderboard.html", page), ("metrics.json", scores)):
             shutil.copyfile(Path(tmp) / "board" / name, artifact.path)
 
 
-LOCAL = StageComponents(prepare, train, evaluate, submit, leaderboard)
+LOCAL = StageComponents(prepare, train, evaluate, submit, collect, leaderboard)

@@ -1,5 +1,8 @@
-"""The ``cityscapes_benchmark`` pipeline: prepare, then per method train → evaluate → submit, then a
-leaderboard over all methods.
+"""The ``cityscapes_benchmark`` pipeline: the params.yaml ``benchmark:`` rows, each on its own dataset (one
+prepare per dataset), train → evaluate (→ submit for the ``submit:`` rows), then one leaderboard.
+
+A multi-stage row (its recipe's ``init_from``) trains after the row it starts from and takes that row's Model
+artifact as ``init``, as ``dvc repro`` chains them. The graph is unrolled at compile time from the rows.
 
 One graph definition, :func:`build_graph`, takes the stage components as an argument: the
 container build (:func:`container_pipeline`, compiled for clusters) and the local build
@@ -7,7 +10,7 @@ container build (:func:`container_pipeline`, compiled for clusters) and the loca
 """
 
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
@@ -18,14 +21,40 @@ from pipelines.trainjob import launch_trainjob
 PIPELINE_NAME = "cityscapes-benchmark"
 
 
-def default_methods(params_path: Path = Path("params.yaml")) -> list[str]:
-    """Methods of the params.yaml ``benchmark:`` rows whose official recipe trains on Cityscapes."""
+class Row(NamedTuple):
+    """One benchmark row as the graph needs it; ``init`` is the row it starts from (or None)."""
+
+    name: str
+    method: str
+    recipe: str
+    dataset: str
+    init: str | None = None
+    submit: bool = False
+
+
+def benchmark_rows(params_path: Path = Path("params.yaml")) -> list[Row]:
+    """The validated ``benchmark:`` rows, each after the row its recipe starts from (init_from)."""
     from segrepro.engine.config import load_params
+    from segrepro.engine.recipe import resolve, validate_params
 
     params = load_params(params_path)
-    recipes = params.get("recipes") or {}
-    methods = dict.fromkeys(row["method"] for row in (params.get("benchmark") or {}).values())
-    return [m for m in methods if (recipes.get(m, {}).get("official") or {}).get("dataset") == "cityscapes"]
+    validate_params(params)  # also checks that every init_from row is a benchmark row
+    submit = {(r["method"], r["recipe"]) for r in (params.get("submit") or {}).values()}
+    rows = {}
+    for name, row in (params.get("benchmark") or {}).items():
+        init_from = resolve(params, row["method"], row["recipe"]).init_from
+        rows[name] = Row(name, row["method"], row["recipe"], row["dataset"],
+                         init_from.replace("/", "-") if init_from else None, (row["method"], row["recipe"]) in submit)
+    ordered: dict[str, Row] = {}
+
+    def place(row: Row) -> None:
+        if row.init is not None and row.init not in ordered:
+            place(rows[row.init])
+        ordered.setdefault(row.name, row)
+
+    for row in rows.values():
+        place(row)
+    return list(ordered.values())
 
 
 def _k8s(task: Any, cluster: ClusterConfig, image: Any, gpu: bool) -> Any:
@@ -42,52 +71,66 @@ def _k8s(task: Any, cluster: ClusterConfig, image: Any, gpu: bool) -> Any:
     return task
 
 
-def build_graph(stages: StageComponents, cluster: ClusterConfig, methods: list[str], multi_node: bool = True) -> Callable:
+def build_graph(stages: StageComponents, cluster: ClusterConfig, rows: list[Row], multi_node: bool = True) -> Callable:
     """The pipeline function over ``stages`` (container or local components, same signatures).
 
     ``multi_node`` adds the ``num_nodes > 1`` branch (a Kubeflow Trainer TrainJob) joined with
-    ``dsl.OneOf``; the local build leaves it out because kfp.local resolves OneOf only for
-    parameters, not artifacts, and a TrainJob needs a cluster anyway.
+    ``dsl.OneOf``, for rows that start from scratch; the local build leaves it out because kfp.local resolves
+    OneOf only for parameters, not artifacts, and a TrainJob needs a cluster anyway. A multi-stage row trains
+    on one node (the TrainJob launcher takes no init weights).
     """
 
-    def train_step(method: Any, recipe: Any, gpus: Any, num_nodes: Any, image: Any, dataset: Any) -> Any:
-        train = stages.train(method=method, recipe=recipe, gpus=gpus, dataset=dataset)
-        _k8s(train, cluster, image, gpu=True)
+    def train_step(row: Row, gpus: Any, image: Any, dataset: Any, init: Any) -> Any:
+        kwargs = {"init": init} if init is not None else {}
+        train = stages.train(method=row.method, recipe=row.recipe, gpus=gpus, dataset=dataset, **kwargs)
+        _k8s(train, cluster, image, gpu=True).set_display_name(f"train-{row.name}")
         train.set_accelerator_type(cluster.accelerator).set_accelerator_limit(gpus)
         train.set_cpu_request(cluster.train_cpu).set_memory_request(cluster.train_memory)
         train.set_retry(cluster.train_retries).set_caching_options(False)
         return train.outputs["model"]
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and submit each method; one leaderboard.")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Train and evaluate each benchmark row, submit the test rows; "
+                  "one leaderboard.")
     def cityscapes_benchmark(
-        methods: List[str] = methods,
-        recipe: str = "official",
         gpus: int = 4,
         num_nodes: int = 1,
         image: str = DEFAULT_IMAGE,
-        data_root: str = f"{cluster.mount_path}/data/cityscapes",
+        data_root: str = f"{cluster.mount_path}/data",
     ):
-        prepare = _k8s(stages.prepare(data_root=data_root), cluster, image, gpu=False)
-        prepare.set_caching_options(True)
-        dataset = prepare.outputs["dataset"]
-        with dsl.ParallelFor(methods, name="per-method") as method:
-            if not multi_node:
-                model = train_step(method, recipe, gpus, num_nodes, image, dataset)
+        datasets = {}
+        for name in dict.fromkeys(row.dataset for row in rows):
+            prepare = _k8s(stages.prepare(data_root=data_root, name=name), cluster, image, gpu=False)
+            prepare.set_display_name(f"prepare-{name}").set_caching_options(True)
+            datasets[name] = prepare.outputs["dataset"]
+        models: dict[str, Any] = {}
+        runs = None
+        for row in rows:
+            dataset = datasets[row.dataset]
+            if not multi_node or row.init is not None:
+                model = train_step(row, gpus, image, dataset, models.get(row.init or ""))
             else:
-                with dsl.If(num_nodes == 1, name="single-node"):
-                    single = train_step(method, recipe, gpus, num_nodes, image, dataset)
-                with dsl.Else(name="multi-node"):
-                    launch = launch_trainjob(method=method, recipe=recipe, gpus=gpus, num_nodes=num_nodes,
+                with dsl.If(num_nodes == 1, name=f"single-node-{row.name}"):
+                    single = train_step(row, gpus, image, dataset, None)
+                with dsl.Else(name=f"multi-node-{row.name}"):
+                    launch = launch_trainjob(method=row.method, recipe=row.recipe, gpus=gpus, num_nodes=num_nodes,
                                              image=image, config_json=cluster.to_json(), dataset=dataset)
                     _k8s(launch, cluster, image, gpu=False).set_caching_options(False)
                 model = dsl.OneOf(single, launch.outputs["model"])
-            evaluate = stages.evaluate(method=method, dataset=dataset, model=model)
-            submit = stages.submit(method=method, dataset=dataset, model=model)
-            for task in (evaluate, submit):
+            models[row.name] = model
+            evaluate = stages.evaluate(method=row.method, dataset=dataset, model=model)
+            evaluate.set_display_name(f"evaluate-{row.name}")
+            gpu_tasks = [evaluate]
+            if row.submit:
+                gpu_tasks.append(stages.submit(method=row.method, dataset=dataset, model=model)
+                                 .set_display_name(f"submit-{row.name}"))
+            for task in gpu_tasks:
                 _k8s(task, cluster, image, gpu=True)
                 task.set_accelerator_type(cluster.accelerator).set_accelerator_limit(1)
                 task.set_cpu_request(cluster.eval_cpu).set_memory_request(cluster.eval_memory)
-        board = stages.leaderboard(results=dsl.Collected(evaluate.outputs["results"]))
+            previous = {"previous": runs} if runs is not None else {}
+            collect = stages.collect(row=row.name, result=evaluate.outputs["results"], **previous)
+            runs = _k8s(collect.set_display_name(f"collect-{row.name}"), cluster, image, gpu=False).outputs["runs"]
+        board = stages.leaderboard(runs=runs)
         _k8s(board, cluster, image, gpu=False)
 
     return cityscapes_benchmark
@@ -97,14 +140,14 @@ def container_pipeline(cluster: ClusterConfig | None = None, params_path: Path =
     """The cluster build: container components running the segrepro image."""
     from components.container import container_components
 
-    return build_graph(container_components(), cluster or ClusterConfig(), default_methods(params_path))
+    return build_graph(container_components(), cluster or ClusterConfig(), benchmark_rows(params_path))
 
 
-def local_pipeline(methods: list[str]) -> Callable:
+def local_pipeline(params_path: Path = Path("params.yaml")) -> Callable:
     """The local build: Python components calling ``segrepro.stages`` (for SubprocessRunner)."""
     from components.local import LOCAL
 
-    return build_graph(LOCAL, ClusterConfig(), methods, multi_node=False)
+    return build_graph(LOCAL, ClusterConfig(), benchmark_rows(params_path), multi_node=False)
 
 
 def compile_pipeline(out: Path, cluster: ClusterConfig | None = None, params_path: Path = Path("params.yaml")) -> Path:

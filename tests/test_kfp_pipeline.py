@@ -1,6 +1,8 @@
-"""The compiled cityscapes_benchmark IR: resources and Kubernetes settings per task, component
-command lines that the real CLI accepts, and the Kubeflow Trainer TrainJob spec."""
+"""The compiled cityscapes_benchmark IR: one branch per benchmark row on its own dataset, multi-stage rows
+chained, resources and Kubernetes settings per task, component command lines that the real CLI accepts,
+and the Kubeflow Trainer TrainJob spec."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 import yaml
 
 from components.cli_args import segrepro_args, validate_argv
-from pipelines.cityscapes_benchmark import compile_pipeline, default_methods
+from pipelines.cityscapes_benchmark import benchmark_rows, compile_pipeline
 from pipelines.cluster import ClusterConfig
 from pipelines.trainjob import trainjob_spec
 
@@ -30,14 +32,41 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def _render(token: str) -> str:
-    """Stand-in values for kfp placeholders, so a command line can be parsed like at run time."""
-    return re.sub(r"\{\{\$\.[^}]*\}\}", "x", token)
+def _render(tokens: list[str]) -> list[str]:
+    """Stand-in values for kfp placeholders, so a command line can be parsed like at run time (an optional
+    input's ``IfPresent`` as if it were given)."""
+    out = []
+    for token in tokens:
+        if token.startswith('{"IfPresent"'):
+            out += _render(json.loads(token)["IfPresent"]["Then"])
+        else:
+            out.append(re.sub(r"\{\{\$\.[^}]*\}\}", "x", token))
+    return out
+
+
+def _kind(executor: str) -> str:
+    """``exec-train-3`` → ``exec-train``: one executor per task, numbered by kfp."""
+    return re.sub(r"-\d+$", "", executor)
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of the graph (root DAG and condition branches), by task name."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        found.update(comp.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def _producer(artifact: dict) -> str:
+    """The task an artifact input comes from (inside a condition branch: through the branch's input)."""
+    if "taskOutputArtifact" in artifact:
+        return artifact["taskOutputArtifact"]["producerTask"]
+    return re.fullmatch(r"pipelinechannel--(.+)-dataset", artifact["componentInputArtifact"])[1]
 
 
 def _segrepro_argvs(container: dict) -> list[list[str]]:
     """Every ``segrepro ...`` invocation a container runs (direct, under torchrun, or in sh -ec)."""
-    argv = [_render(t) for t in container["command"] + container.get("args", [])]
+    argv = _render(container["command"] + container.get("args", []))
     if argv[:2] == ["sh", "-ec"]:
         words = shlex.split(argv[2])
         lines, current = [], []
@@ -54,11 +83,34 @@ def _segrepro_argvs(container: dict) -> list[list[str]]:
 def test_pipeline_parameters(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"methods", "recipe", "gpus", "num_nodes", "image", "data_root"}
-    assert params["methods"]["defaultValue"] == default_methods(REPO / "params.yaml")
-    assert "alignseg_ssl" not in params["methods"]["defaultValue"]  # not a Cityscapes recipe
-    assert params["data_root"]["defaultValue"] == "/mnt/bench/data/cityscapes"
+    assert set(params) == {"gpus", "num_nodes", "image", "data_root"}
+    assert params["data_root"]["defaultValue"] == "/mnt/bench/data"  # one folder per dataset below it
     assert not any("mlflow" in name.lower() for name in params)  # the URI comes from a secret only
+
+
+def test_one_branch_per_benchmark_row_on_its_dataset(compiled: tuple[dict, dict]) -> None:
+    """Every benchmark row (not only Cityscapes) trains and evaluates on the prepare task of its dataset; the
+    submit rows build archives; a multi-stage row takes the previous row's Model as ``init``."""
+    spec, _ = compiled
+    tasks = _tasks(spec)
+    by_label = {task["taskInfo"]["name"]: name for name, task in tasks.items()}
+    rows = benchmark_rows(REPO / "params.yaml")
+    assert {r.dataset for r in rows} >= {"cityscapes", "voc", "ade20k", "coco_stuff27"}
+    for dataset in {r.dataset for r in rows}:
+        prepare = tasks[by_label[f"prepare-{dataset}"]]
+        assert prepare["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] == dataset
+    for row in rows:
+        train = tasks[by_label[f"train-{row.name}"]]
+        assert train["inputs"]["parameters"]["recipe"]["runtimeValue"]["constant"] == row.recipe
+        assert _producer(train["inputs"]["artifacts"]["dataset"]) == by_label[f"prepare-{row.dataset}"]
+        assert (f"submit-{row.name}" in by_label) == row.submit
+        assert f"evaluate-{row.name}" in by_label and f"collect-{row.name}" in by_label
+    chained = [r for r in rows if r.init]
+    assert [(r.name, r.init) for r in chained] == [("gald-demo_coarse_stage2", "gald-demo"),
+                                                   ("gald-demo_coarse", "gald-demo_coarse_stage2")]
+    last = tasks[by_label["train-gald-demo_coarse"]]["inputs"]["artifacts"]["init"]["taskOutputArtifact"]
+    assert (last["producerTask"], last["outputArtifactKey"]) == (by_label["train-gald-demo_coarse_stage2"], "model")
+    assert "init" not in tasks[by_label["train-ann-demo"]]["inputs"]["artifacts"]
 
 
 def test_resources_and_kubernetes_settings(compiled: tuple[dict, dict]) -> None:
@@ -75,12 +127,13 @@ def test_resources_and_kubernetes_settings(compiled: tuple[dict, dict]) -> None:
         assert res["accelerator"]["resourceCount"] == "1"
         assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("6", "24G")
     for name, executor in executors.items():
+        kind = _kind(name)
         assert executor["container"]["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}", name
         settings = k8s[name]
         assert [(m["mountPath"], m["constant"]) for m in settings["pvcMount"]] == [("/mnt/bench", "bench-pvc")]
         env = {(s["secretName"], e["envVar"]) for s in settings["secretAsEnv"] for e in s["keyToEnv"]}
         assert ("mlflow-creds", "MLFLOW_TRACKING_URI") in env and ("s3-creds", "AWS_SECRET_ACCESS_KEY") in env
-        if name in GPU_TASKS:
+        if kind in GPU_TASKS:
             assert settings["nodeSelector"]["labels"] == {"gpu.type": "a100"}
             assert settings["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         else:
@@ -89,14 +142,7 @@ def test_resources_and_kubernetes_settings(compiled: tuple[dict, dict]) -> None:
 
 def test_retries_and_caching(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
-
-    def tasks(dag: dict) -> dict:
-        found = dict(dag["tasks"])
-        for comp in spec["components"].values():
-            found.update(comp.get("dag", {}).get("tasks", {}))
-        return found
-
-    all_tasks = tasks(spec["root"]["dag"])
+    all_tasks = _tasks(spec)
     assert all_tasks["prepare"]["cachingOptions"]["enableCache"] is True
     assert all_tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
     assert not all_tasks["train"]["cachingOptions"].get("enableCache", False)
@@ -109,12 +155,14 @@ def test_every_component_command_is_a_valid_segrepro_invocation(compiled: tuple[
     for name, executor in spec["deploymentSpec"]["executors"].items():
         for argv in _segrepro_argvs(executor["container"]):
             validate_argv(argv)  # raises on an unknown option or command
-            seen.setdefault(name, []).append(argv[:3])
-    assert seen["exec-prepare"] == [["segrepro", "pipeline", "fetch"], ["segrepro", "data", "prepare"]]
-    assert seen["exec-train"] == [["segrepro", "train", "--method"]]
-    assert seen["exec-evaluate"] == [["segrepro", "evaluate", "--method"]]
-    assert seen["exec-submit"] == [["segrepro", "submit", "build"]]
-    assert seen["exec-leaderboard"] == [["segrepro", "pipeline", "collect"], ["segrepro", "leaderboard", "--runs"]]
+            seen.setdefault(_kind(name), set()).add(tuple(argv[:3]))
+    assert "--init" in _segrepro_argvs(spec["deploymentSpec"]["executors"]["exec-train"]["container"])[0]
+    assert seen["exec-prepare"] == {("segrepro", "pipeline", "fetch"), ("segrepro", "data", "prepare")}
+    assert seen["exec-train"] == {("segrepro", "train", "--method")}
+    assert seen["exec-evaluate"] == {("segrepro", "evaluate", "--method")}
+    assert seen["exec-submit"] == {("segrepro", "submit", "build")}
+    assert seen["exec-leaderboard"] == {("segrepro", "leaderboard", "--runs")}
+    assert "exec-collect" not in seen  # plain cp of the runs folder so far plus one evaluated run
 
 
 def test_cli_args_refuse_unknown_options() -> None:
