@@ -626,22 +626,18 @@ def pipeline_compile(
 def pipeline_submit(
     host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888."),
     package: Path = typer.Option(Path("pipeline.yaml"), "--package", help="Compiled pipeline YAML."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: the compiled list)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name in params.yaml (default: official)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per training task (torchrun processes per node)."),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=">1 trains through a Kubeflow Trainer TrainJob."),
     image: Optional[str] = typer.Option(None, "--image", help="segrepro image every task runs."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Cityscapes root on the PVC, or an s3:// URI."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder (PVC path or s3:// URI) holding one "
+                                            "root per dataset: <data-root>/cityscapes, .../ade20k, ..."),
     experiment: str = typer.Option("segrepro", "--experiment", help="KFP experiment name."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
 ) -> None:
-    """Start a run of the compiled pipeline on a Kubeflow Pipelines endpoint."""
+    """Start a run of the compiled pipeline (its benchmark rows are fixed at compile time) on a KFP endpoint."""
     from pipelines.submit import submit_run
 
-    arguments = {
-        "methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-        "recipe": recipe, "gpus": gpus, "num_nodes": num_nodes, "image": image, "data_root": data_root,
-    }
+    arguments = {"gpus": gpus, "num_nodes": num_nodes, "image": image, "data_root": data_root}
     typer.echo(f"run {submit_run(host, package, arguments, experiment, namespace)} started on {host}")
 
 
