@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Measure the demo's seed spread and write it into README.md (the "Demo results" section).
+
+Trains every supervised method's demo recipe under seeds 0, 1 and 2 (`segrepro train --set
+train.<m>.seed=S`), then retrains the first method's seed 0 into a second folder and compares the weights:
+that is the bit-for-bit claim, measured on this machine. The README's table sits between the markers
+`<!-- seeds:begin -->` and `<!-- seeds:end -->` and names the CPU, ISA and thread count it came from.
+
+Usage: scripts/demo-seeds.py [--methods alignseg,acfnet,...] [--seeds 0,1,2] [--out runs/seeds]
+Needs data/cityscapes and data/cityscapes_prepared (`segrepro synth cityscapes --out data/cityscapes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- seeds:begin -->", "<!-- seeds:end -->"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def isa() -> str:
+    flags = Path("/proc/cpuinfo").read_text()
+    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+
+
+def train(method: str, seed: int, out: Path, threads: int) -> dict:
+    summary = out / "train_summary.json"
+    if not summary.exists():
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent}/mlflow.db"}
+        cmd = ["segrepro", "train", "--method", method, "--data", "data/cityscapes", "--out", str(out),
+               "--no-resume", "--set", f"train.{method}.seed={seed}"]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    return json.loads(summary.read_text())
+
+
+def weights_digest(run: Path) -> str:
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    state = ckpt.get("model", ckpt)
+    h = hashlib.sha256()
+    for key in sorted(k for k, v in state.items() if isinstance(v, torch.Tensor)):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default="alignseg,acfnet,gald,dgcnet,ann")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "seeds")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = ap.parse_args()
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+
+    rows, ok = [], True
+    for m in methods:
+        scores = [train(m, s, args.out / f"{m}-s{s}", args.threads)["val_mIoU"] for s in seeds]
+        mean, spread = statistics.mean(scores), max(scores) - min(scores)
+        passed = min(scores) >= 0.60 and mean >= 0.65
+        ok &= passed
+        rows.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in scores)
+                    + f" | {mean:.3f} | {spread:.3f} | {'yes' if passed else '**no**'} |")
+    first = methods[0]
+    again = args.out / f"{first}-s{seeds[0]}-again"
+    train(first, seeds[0], again, args.threads)
+    same = weights_digest(args.out / f"{first}-s{seeds[0]}") == weights_digest(again)
+
+    header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread (max − min) | target met |\n"
+              "|---|" + "---|" * (len(seeds) + 3))
+    machine = (f"{cpu_model()} ({os.cpu_count()} cores, {isa()}), {args.threads} torch threads, "
+               f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
+    bits = (f"Measured: {first} seed {seeds[0]} trained twice on this machine gave "
+            + ("bit-identical weights" if same else "**different** weights") + ".")
+    block = "\n".join([BEGIN, f"Measured by `scripts/demo-seeds.py` on {machine}.", "", header, *rows, "",
+                       bits, END])
+    text = args.readme.read_text()
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        raise SystemExit(f"error: {args.readme}: no {BEGIN} … {END} block to fill")
+    tmp = args.readme.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(args.readme)
+    print(block)
+    return 0 if ok and same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
