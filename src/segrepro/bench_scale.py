@@ -31,7 +31,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "segrepro.cli", *args]
 
 
-def run_measured(argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> dict[str, float]:
+def run_measured(argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Wall seconds and peak RSS (MiB, the largest process of the tree) of one command; raises on failure."""
     # stage commands (dvc.yaml's `segrepro ...`) resolve from this interpreter's environment, activated or not
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -78,7 +78,7 @@ def bench_dvc(work: Path, rows: list[dict]) -> None:
 
 def bench_dvc_remote(work: Path, rows: list[dict], jobs: int, s3: dict[str, str]) -> None:
     """``dvc push`` of the cache to a bucket of the S3 server in ``s3`` (endpoint, keys), then ``dvc pull``."""
-    env = {k: s3[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in s3}
+    env: dict[str, str] = {k: s3[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in s3}
     bucket = s3.get("BENCH_BUCKET", "segrepro-bench")
     import boto3
 

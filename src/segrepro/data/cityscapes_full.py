@@ -160,7 +160,7 @@ def synth_full(out: Path, fraction: float = 1.0, size: tuple[int, int] = (1024, 
                workers: int | None = None, progress: bool = True) -> dict:
     """Write (or finish) the full-profile stand-in at ``out``; returns counts, bytes and seconds."""
     out = Path(out).resolve()
-    settings = FullSettings("full", float(fraction), tuple(size), int(seed))
+    settings = FullSettings("full", float(fraction), (int(size[0]), int(size[1])), int(seed))
     _check_out(out, settings)
     items = plan(fraction, _composer())
     out.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def _structure(root: Path) -> tuple[list[Record], dict[str, int], list[str]]:
             problems += pair_problems(
                 img,
                 lab,
-                lambda p, kind=kind: cs.gt_path(root, split, p.parent.name, cs.stem_of(p), kind).relative_to(root),
+                functools.partial(_expected_gt, root, split, kind),
                 lambda p: cs.image_path(root, split, p.parent.name, cs.stem_of(p)).relative_to(root),
             )
         records += [Record(split, c, s) for c, s in sorted(img)]
@@ -163,7 +163,7 @@ def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[
     image, p_img = read_png(img_p, ("RGB",), "image")
     label, p_lab = read_png(lab_p, ("L",), "labelIds")
     inst, p_inst = read_png(inst_p, ("I;16", "I;16B", "I"), "instanceIds")
-    problems = [p for p in (p_img, p_lab, p_inst) if p]
+    problems: list[str | None] = [p for p in (p_img, p_lab, p_inst) if p]
     if label is not None:
         problems.append(check_values(lab_p, label, lambda v: v <= cs.MAX_LABEL_ID, "labelIds"))
         if image is not None:
@@ -175,9 +175,9 @@ def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[
         if label is not None and inst.shape == label.shape and not any(problems):
             n = _instance_disagreements(label, inst)
             problems.append(problem(inst_p, f"{n} pixels disagree with {lab_p.name}", "re-extract both files") if n else None)
-    problems = [p for p in problems if p]
-    if problems or label is None:
-        return problems, None
+    found = [p for p in problems if p]
+    if found or label is None:
+        return found, None
     buf = io.BytesIO()
     write_png(buf, lut[label])
     data = buf.getvalue()
@@ -185,6 +185,10 @@ def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(data)
     return [], hashlib.sha256(data).hexdigest()
+
+
+def _expected_gt(root: Path, split: str, kind: str, image: Path) -> Path:
+    return cs.gt_path(root, split, image.parent.name, cs.stem_of(image), kind).relative_to(root)
 
 
 def _instance_disagreements(label: np.ndarray, inst: np.ndarray) -> int:
@@ -235,7 +239,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _write_lists(out: Path, records: list[Record]) -> None:
-    lists = {split: [] for split in (*cs.SPLITS, "trainval")}
+    lists: dict[str, list[str]] = {split: [] for split in (*cs.SPLITS, "trainval")}
     for rec in records:
         img = cs.image_path(Path(), rec.split, rec.city, rec.stem).as_posix()
         lab = cs.gt_path(Path(), rec.split, rec.city, rec.stem, "labelIds").as_posix()
@@ -274,7 +278,7 @@ def prepare_cityscapes(root: Path, out: Path, workers: int | None = None) -> Pat
         results = process_map(functools.partial(_convert, root, tmp, lut), todo, desc="prepare cityscapes",
                               workers=workers)
         raise_problems([p for ps, _ in results for p in ps])
-        known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results)})
+        known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results) if digest})
         _write_lists(tmp, records)
         sources = {path.relative_to(root).as_posix(): _stat_key(path) for rec in records for path in _inputs(root, rec)}
         write_manifest(

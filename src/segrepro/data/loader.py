@@ -27,7 +27,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
     drop_last = train if drop_last is None else drop_last
     generator = torch.Generator()
     generator.manual_seed(seed)
-    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
+    sampler: DistributedSampler | None = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -12,12 +12,14 @@ truncated or corrupt file is never decoded silently.
 from __future__ import annotations
 
 import struct
+import types
 import zlib
 from pathlib import Path
 
 import numba
 import numpy as np
 
+_inflater: types.ModuleType
 try:  # zlib-ng inflates 3-10x faster than zlib on label maps; zlib gives the same bytes
     from zlib_ng import zlib_ng as _inflater
 except ImportError:  # pragma: no cover - the pinned install has it
@@ -93,7 +95,7 @@ def decode_png(data: bytes) -> tuple[np.ndarray, str] | None:
             length, kind = struct.unpack_from(">I4s", data, pos)
             body = data[pos + 8:pos + 8 + length]
             crc = data[pos + 8 + length:pos + 12 + length]
-            if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc):
+            if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc, "big"):
                 return None
             if kind == b"IHDR":
                 header = struct.unpack(">IIBBBBB", body)

@@ -25,12 +25,12 @@ class Resize:
         self.size, self.label_size = size, label_size
 
     def __call__(self, sample: Sample) -> Sample:
-        pil = Image.fromarray(sample["image"]).resize((self.size[1], self.size[0]), Image.BILINEAR)
+        pil = Image.fromarray(sample["image"]).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
         out = dict(sample, image=np.asarray(pil))
         if sample.get("label") is not None:
-            label = np.asarray(Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.NEAREST))
+            label = np.asarray(Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.Resampling.NEAREST))
             if self.label_size is not None:
-                label = np.asarray(Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.NEAREST))
+                label = np.asarray(Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.Resampling.NEAREST))
             out["label"] = label
         return out
 
@@ -82,6 +82,6 @@ class MultiCrop:
             boxes.append(box)
         crops = []
         for top, left, ch, cw in boxes:
-            view = pil.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+            view = pil.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
             crops.append(self.finish({"image": np.asarray(view)})["image"])
         return {"crops": crops, "name": sample.get("name", "")}

@@ -25,6 +25,7 @@ from segrepro.errors import DatasetError, UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K", str, tuple[str, str])
 
 DECODE_WORKERS = 2
 
@@ -87,8 +88,8 @@ def check_values(path: Path, array: np.ndarray, legal: Callable[[np.ndarray], np
 
 
 def pair_problems(
-    images: Mapping[str, Path],
-    labels: Mapping[str, Path],
+    images: Mapping[K, Path],
+    labels: Mapping[K, Path],
     expected_label: Callable[[Path], Path],
     expected_image: Callable[[Path], Path],
 ) -> list[str]:
@@ -154,6 +155,7 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: in
     workers = max(1, workers or os.cpu_count() or 1)
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     out = []
+    results: Iterable[R]
     with tqdm(total=len(items), desc=desc, unit="file") as bar, contextlib.ExitStack() as stack:
         if workers == 1 or len(items) < 2:
             results = map(fn, items)

@@ -13,7 +13,7 @@ import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ _NAME = re.compile(r"^iter_(\d{8})\.pt$")
 
 def rng_state() -> dict[str, Any]:
     """This process's RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))  # legacy: the tuple form
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +121,9 @@ class SegCriterion(nn.Module):
                 raise ValueError(f"unknown loss type {t.loss!r} (ce, ohem or lovasz)")
         self.terms = list(terms)
         self.ignore_index = ignore_index
-        self.ohem = dict(thresh=ohem_thresh, min_kept=ohem_min_kept, rule=ohem_rule)
+        self.ohem: dict[str, Any] = dict(thresh=ohem_thresh, min_kept=ohem_min_kept, rule=ohem_rule)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.class_weights: Tensor | None
         self.register_buffer("class_weights", weight, persistent=False)
 
     def _output(self, out: SegOutput, name: str) -> Tensor:

@@ -135,6 +135,7 @@ def device_histograms(pred: torch.Tensor, gt: torch.Tensor,
     if n_rows == 1:
         return conf, np.zeros(0, dtype=np.int64), np.zeros((0, N_CODES), dtype=np.int64)
     # row = instanceId - ROW_BASE (row 0: every pixel outside an instance), code as in the fused kernel.
+    assert inst is not None  # n_rows > 1 only with an instance map
     code = pred.clamp(min=FIRST_INST - 1).sub_(FIRST_INST - 1).to(torch.int32)
     key = inst.clamp(min=ROW_BASE).to(torch.int32)  # a new tensor: the caller's map is never written
     key = key.sub_(ROW_BASE).mul_(N_CODES).add_(code).reshape(-1)

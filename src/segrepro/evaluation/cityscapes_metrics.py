@@ -16,11 +16,11 @@ import bisect
 import json
 import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -158,18 +158,20 @@ class CityscapesEvaluator:
 
         from segrepro.evaluation.confusion import as_tensor
 
-        maps = {"prediction": pred_label_ids, "ground truth": gt_label_ids, "instance map": gt_instance_ids}
+        maps: dict[str, Any] = {"prediction": pred_label_ids, "ground truth": gt_label_ids, "instance map": gt_instance_ids}
         maps = {k: v for k, v in maps.items() if v is not None}
         shape = tuple(pred_label_ids.shape)
         for what, m in maps.items():
             if tuple(m.shape) != shape:
                 raise ValueError(f"{what} size {tuple(m.shape)} differs from prediction {shape}")
+        arrays: list[Any]
+        count: Callable[..., tuple[Any, np.ndarray, np.ndarray]]
         if self.fused:
             arrays, count = [_as_numpy(m) for m in maps.values()], fused_histograms
         else:
             arrays, count = [as_tensor(m, self.device) for m in maps.values()], device_histograms
         if len(arrays) == 2:  # no instance map: the whole batch in one pass
-            counts = [count(*arrays, None)]
+            counts = [count(arrays[0], arrays[1], None)]
         else:  # instance ids are per image: one pass each, so equal ids in a batch stay apart
             counts = [count(p, g, i) for p, g, i in zip(*(a.reshape(-1, *shape[-2:]) for a in arrays))]
         # Every image is counted (and validated) before anything is added: refused input changes nothing.

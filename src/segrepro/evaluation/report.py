@@ -134,7 +134,8 @@ def write_report(report: EvalReport, out_dir: Path) -> dict[str, Path]:
 class Tracker(Protocol):
     """What logging needs from :class:`segrepro.tracking.mlflow_tracker.MlflowTracker`."""
 
-    mlflow: Any
+    @property
+    def mlflow(self) -> Any: ...
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 

@@ -74,10 +74,16 @@ def _unsafe_name(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _check_against_image(name: str, data: bytes, image: Path) -> list[str]:
+    """:func:`_check_png` at the size of its test image, read in the worker (a header read per file)."""
+    return _check_png(name, data, _image_size(image))
+
+
 def _check_png(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
     if not data.startswith(PNG_MAGIC):
         return [f"{name}: not a PNG file (use 8-bit PNG, no JPEG)"]
     fast = decode_png(data)
+    array: np.ndarray | None
     if fast is not None:
         array, mode = fast
     else:
@@ -87,7 +93,7 @@ def _check_png(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
                 array = np.asarray(im) if mode in ("L", "P") else None
         except Exception as err:  # truncated or corrupt PNG
             return [f"{name}: unreadable PNG ({type(err).__name__})"]
-    if mode not in ("L", "P"):
+    if mode not in ("L", "P") or array is None:
         return [f"{name}: mode {mode}; the server needs one 8-bit channel (mode L), not colour or 16-bit"]
     values = present_values(array)
     im_size = (array.shape[1], array.shape[0])
@@ -160,7 +166,7 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
                 # Decode on all cores; at most 2 per worker in flight, so memory stays bounded.
                 while len(pending) >= 2 * workers:
                     problems.extend(pending.popleft().result())
-                pending.append(pool.submit(lambda n=name, d=data, i=images[stem]: _check_png(n, d, _image_size(i))))
+                pending.append(pool.submit(_check_against_image, name, data, images[stem]))
             while pending:
                 problems.extend(pending.popleft().result())
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as err:

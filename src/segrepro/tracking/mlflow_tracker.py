@@ -239,7 +239,7 @@ class MlflowTracker:
 
         source = resolve_dataset_source(str(Path(root).resolve()))  # a local (or s3://) path source
         digest = digest or hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()
-        dataset = MetaDataset(source, name=f"{name}/{split}", digest=digest[:36])
+        dataset = MetaDataset(source, name=f"{name}/{split}", digest=digest[:36])  # type: ignore[abstract]
         self.mlflow.log_input(dataset, context=context, tags={"split": split})
 
     def log_images(self, paths: list[Path], artifact_dir: str) -> None:

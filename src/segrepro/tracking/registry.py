@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +54,7 @@ def mlflow_run_info(run_ids: Iterable[str], uri: str | None = None) -> dict[str,
     return info
 
 
-def register_method(client: "MlflowClient", method: str, run_id: str, miou: float) -> str:  # noqa: F821
+def register_method(client: Any, method: str, run_id: str, miou: float) -> str:  # noqa: F821
     """Register ``run_id``'s checkpoint as a version of ``segrepro-<method>`` (once) and move the aliases."""
     name = model_name(method)
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
