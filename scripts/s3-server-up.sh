@@ -4,6 +4,7 @@
 #   usage: scripts/s3-server-up.sh DIR [RGW_PORT=7480] [MON_PORT=6789]
 # Prints `export` lines for the endpoint and the gateway's test user's keys, and writes them to
 # DIR/s3.env (mode 600) for `source`. Daemon PIDs go to DIR/run/*.pidx; stop with s3-server-down.sh.
+# The store holds S3_MEMSTORE_BYTES of RAM (default 2 GiB); raise it to push a larger DVC cache.
 # Needs: apt-get install --no-install-recommends ceph-mon ceph-osd ceph-mgr radosgw ceph-common
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 DIR [RGW_PORT] [MON_PORT]" >&2; exit 2; }
@@ -51,7 +52,7 @@ mon data = $D/mon/\$cluster-\$id
 mgr data = $D/mgr/\$cluster-\$id
 osd data = $D/osd/\$cluster-\$id
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = ${S3_MEMSTORE_BYTES:-2147483648}
 # with auth=none the OSD's own boot-time CRUSH update races the monmap: it is added by hand below
 osd crush update on start = false
 osd class update on start = false

@@ -96,7 +96,7 @@ def parse_split_sizes(spec: DatasetSpec, text: str) -> dict[str, int]:
             f"--split-sizes '{text}' must be {len(spec.splits)} positive integers for {'/'.join(spec.splits)}"
             f"{optional}"
         )
-    return dict(zip(names, sizes))
+    return dict(zip(names, sizes, strict=False))
 
 
 def synth_dataset(
@@ -104,7 +104,7 @@ def synth_dataset(
 ) -> Path:
     """Write a synthetic dataset in the official layout of ``name``; returns the output folder."""
     spec = get_spec(name)
-    sizes = dict(zip(spec.splits, spec.default_split_sizes)) if split_sizes is None else split_sizes
+    sizes = dict(zip(spec.splits, spec.default_split_sizes, strict=False)) if split_sizes is None else split_sizes
     if isinstance(sizes, str):
         sizes = parse_split_sizes(spec, sizes)
     hw = spec.default_size if size is None else parse_size(size) if isinstance(size, str) else size

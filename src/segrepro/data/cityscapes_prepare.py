@@ -109,7 +109,7 @@ def _structure(root: Path) -> tuple[list[Record], dict[str, int], list[str]]:
                 img,
                 lab,
                 functools.partial(_expected_gt, root, split, kind),
-                lambda p: cs.image_path(root, split, p.parent.name, cs.stem_of(p)).relative_to(root),
+                functools.partial(_expected_image, root, split),
             )
         records += [Record(split, c, s) for c, s in sorted(img)]
         counts[split] = len(img)
@@ -189,6 +189,10 @@ def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[
 
 def _expected_gt(root: Path, split: str, kind: str, image: Path) -> Path:
     return cs.gt_path(root, split, image.parent.name, cs.stem_of(image), kind).relative_to(root)
+
+
+def _expected_image(root: Path, split: str, label: Path) -> Path:
+    return cs.image_path(root, split, label.parent.name, cs.stem_of(label)).relative_to(root)
 
 
 def _instance_disagreements(label: np.ndarray, inst: np.ndarray) -> int:
@@ -278,7 +282,7 @@ def prepare_cityscapes(root: Path, out: Path, workers: int | None = None) -> Pat
         results = process_map(functools.partial(_convert, root, tmp, lut), todo, desc="prepare cityscapes",
                               workers=workers)
         raise_problems([p for ps, _ in results for p in ps])
-        known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results) if digest})
+        known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results, strict=True) if digest})
         _write_lists(tmp, records)
         sources = {path.relative_to(root).as_posix(): _stat_key(path) for rec in records for path in _inputs(root, rec)}
         write_manifest(

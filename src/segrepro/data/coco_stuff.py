@@ -156,7 +156,7 @@ def synth(out: Path, split_sizes: Mapping[str, int], size: tuple[int, int], seed
             scenes = list(composer.compose_split(count, h, w, np.random.default_rng([seed, s])))
             scenes.append(composer.compose(h, w, np.random.default_rng([seed, s, 1])))
             ids = [f"{(s + 1) * 100000 + i:012d}" for i in range(len(scenes))]
-            for i, scene in zip(ids, scenes):
+            for i, scene in zip(ids, scenes, strict=True):
                 write_jpeg(tmp / "images" / FOLDER[split] / f"{i}.jpg", scene.image)
                 write_png(tmp / "annotations" / FOLDER[split] / f"{i}.png", scene.label.astype(np.uint8))
             path = curated_list(tmp, split)

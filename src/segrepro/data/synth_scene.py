@@ -173,7 +173,7 @@ class SceneComposer:
             rounds = math.ceil(n_obj / len(self._objects))  # cycle through the classes: balanced frequencies
             kinds = np.concatenate([rng.permutation(self._objects) for _ in range(rounds)])[:n_obj]
             bottoms = np.sort(rng.uniform(horizon if has_ground else h * 0.3, h, size=n_obj))
-            for cls, y_b in zip(kinds, bottoms):  # far (high) objects first, near ones drawn over them
+            for cls, y_b in zip(kinds, bottoms, strict=True):  # far (high) objects first, near ones drawn over them
                 self._object(cv, int(cls), float(y_b), horizon, rng)
         for _ in range(int(rng.integers(0, 3))):
             void = self._pick("void", rng)
@@ -217,7 +217,7 @@ class SceneComposer:
         rows = math.ceil(len(force) / cols)
         cells = rng.permutation(rows * cols)[: len(force)]
         ch, cw = cv.h / rows, cv.w / cols
-        for cls, cell in zip(force, cells):
+        for cls, cell in zip(force, cells, strict=True):
             r, c = divmod(int(cell), cols)
             fy, fx = rng.uniform(0.55, 0.85, size=2)
             y0, x0 = r * ch + ch * (1 - fy) / 2, c * cw + cw * (1 - fx) / 2

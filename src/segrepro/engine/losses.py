@@ -45,7 +45,7 @@ def ohem_cross_entropy(
     if rule not in ("gald", "ann"):
         raise ValueError(f"unknown OHEM rule {rule!r}")
     losses = []
-    for lg, tg in zip(logits, target):
+    for lg, tg in zip(logits, target, strict=True):
         valid = tg != ignore_index
         flat_t = tg[valid]
         n = flat_t.numel()

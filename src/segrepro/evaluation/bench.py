@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from types import ModuleType
 
 import numpy as np
@@ -267,7 +268,7 @@ def bench_inference(methods: Sequence[str], variant: str, device: str, height: i
         for name in protocols:
             proto = resolve_protocol(get_card(method).eval_protocols, name, "test")
 
-            def once() -> None:
+            def once(model: torch.nn.Module = model, proto: Any = proto) -> None:  # bound now: `del model` below
                 predict_classes(model, image, proto, tile_batch)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)

@@ -173,7 +173,7 @@ class CityscapesEvaluator:
         if len(arrays) == 2:  # no instance map: the whole batch in one pass
             counts = [count(arrays[0], arrays[1], None)]
         else:  # instance ids are per image: one pass each, so equal ids in a batch stay apart
-            counts = [count(p, g, i) for p, g, i in zip(*(a.reshape(-1, *shape[-2:]) for a in arrays))]
+            counts = [count(p, g, i) for p, g, i in zip(*(a.reshape(-1, *shape[-2:]) for a in arrays), strict=True)]
         # Every image is counted (and validated) before anything is added: refused input changes nothing.
         for conf, ids, hist in counts:
             self.state["conf"] += as_tensor(conf, self.device)

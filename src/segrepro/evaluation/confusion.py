@@ -118,7 +118,7 @@ class SegScores:
             "mIoU": self.miou,
             "pixel_accuracy": self.pixel_accuracy,
             "mean_class_accuracy": self.mean_class_accuracy,
-            "iou": dict(zip(names, self.iou.tolist())),
+            "iou": dict(zip(names, self.iou.tolist(), strict=True)),
         }
 
 

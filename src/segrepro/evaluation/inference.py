@@ -119,7 +119,7 @@ def predict_logits(model: nn.Module, image: Tensor, crop: int | None, stride: in
             logits = _forward(model, tiles, (crop, crop))
             if out is None:
                 out = torch.zeros(views.shape[0], logits.shape[1], h, w, device=x.device)
-            for (v, y, xx), tile in zip(chunk, logits):
+            for (v, y, xx), tile in zip(chunk, logits, strict=True):
                 out[v, :, y:y + crop, xx:xx + crop] += tile
         out = out / count
     if flip:

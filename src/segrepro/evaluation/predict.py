@@ -56,7 +56,7 @@ def iter_predictions(model: nn.Module, dataset: Dataset, protocol: Protocol, dev
     indices = [i for i in range(len(dataset)) if skip is None or not skip(i)]
     subset = torch.utils.data.Subset(dataset, indices)
     loader = DataLoader(subset, batch_size=1, num_workers=workers, collate_fn=_first)
-    for index, sample in zip(indices, tqdm(loader, desc=f"{desc} ({protocol.name})", unit="img")):
+    for index, sample in zip(indices, tqdm(loader, desc=f"{desc} ({protocol.name})", unit="img"), strict=True):
         image = sample["image"].to(device, non_blocking=True)
         yield Prediction(predict_classes(model, image, protocol, tile_batch), {**sample, "index": index})
 

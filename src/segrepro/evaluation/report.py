@@ -50,7 +50,7 @@ def cityscapes_report(result: CityscapesResult) -> EvalReport:
 def scores_report(scores: SegScores, matrix: np.ndarray, class_names: list[str]) -> EvalReport:
     """mIoU / pixel accuracy of a :class:`ConfusionMatrix` (the last, out-of-range column is dropped)."""
     rows = [{"class": n, "IoU": float(i), "accuracy": float(a)}
-            for n, i, a in zip(class_names, scores.iou, scores.class_accuracy)]
+            for n, i, a in zip(class_names, scores.iou, scores.class_accuracy, strict=True)]
     metrics = {"mIoU": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                "mean_class_accuracy": scores.mean_class_accuracy}
     n = len(class_names)
@@ -64,7 +64,7 @@ def ssl_report(per_image: dict[str, Any], hungarian: dict[str, Any], class_names
                "official_per_image_majority_mIoU_exclude_first": per_image["mIoU_exclude_first"],
                "dataset_hungarian_mIoU": hungarian["mIoU"],
                "dataset_hungarian_pixel_accuracy": hungarian["pixel_accuracy"]}
-    rows = [{"class": n, "IoU": float(i)} for n, i in zip(class_names, hungarian["iou"])]
+    rows = [{"class": n, "IoU": float(i)} for n, i in zip(class_names, hungarian["iou"], strict=True)]
     return EvalReport(metrics, rows, {"official_per_image_majority": per_image, "dataset_hungarian": hungarian},
                       None, class_names)
 

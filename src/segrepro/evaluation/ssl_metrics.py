@@ -57,7 +57,7 @@ class PerImageMajorityVoteMIoU:
         if pred_t.shape != gt_t.shape:
             raise ValueError(f"prediction shape {tuple(pred_t.shape)} differs from ground truth {tuple(gt_t.shape)}")
         if pred_t.dim() == 3:
-            for p, g in zip(pred_t, gt_t):
+            for p, g in zip(pred_t, gt_t, strict=True):
                 self.update(p, g)
             return
         valid = gt_t != self.ignore_index

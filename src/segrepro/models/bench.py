@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from segrepro.errors import UserError
-from segrepro.models.registry import build, get_spec, list_methods, list_variants
+from segrepro.models.registry import build, list_methods, list_variants
 
 FLOP_SIZE = (1024, 2048)
 CPU_SIZE = (512, 1024)
@@ -223,7 +223,7 @@ def format_table(rows: list[ModelBench], markdown: bool = False) -> str:
         lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
 
 
 def to_json(rows: list[ModelBench]) -> str:

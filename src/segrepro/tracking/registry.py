@@ -86,7 +86,7 @@ def log_leaderboard(table: pd.DataFrame, files: Mapping[str, Path], run_ids: Map
     status = "FAILED"
     try:
         printable = table.copy()
-        for column in printable.columns[printable.dtypes == object]:
+        for column in printable.columns[printable.dtypes.map(lambda d: d.kind == "O")]:
             printable[column] = printable[column].astype(str)
         tracker.mlflow.log_table(printable, artifact_file="leaderboard.json")
         for path in files.values():

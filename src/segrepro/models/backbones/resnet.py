@@ -141,7 +141,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
         inplanes = s2
         self.out_channels: list[int] = []
-        for i, (planes, blocks) in enumerate(zip(widths, layers), start=1):
+        for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True), start=1):
             stride, dils = _stage_dilations(dilation, i, blocks, multi_grid)
             if i == 1:
                 stride = 1
