@@ -6,7 +6,11 @@ train.<m>.seed=S`), then retrains the first method's seed 0 into a second folder
 that is the bit-for-bit claim, measured on this machine. The README's table sits between the markers
 `<!-- seeds:begin -->` and `<!-- seeds:end -->` and names the CPU, ISA and thread count it came from.
 
-Usage: scripts/demo-seeds.py [--methods alignseg,acfnet,...] [--seeds 0,1,2] [--out runs/seeds]
+With `--from-demo RUNS` (the runs/ folder of a finished `make demo`), seed 0 of every method but the first is
+read from RUNS/<m>-demo instead of trained, and the bit-for-bit check compares the first method's seed 0 trained
+here with the one `make demo` trained: the demo itself is then what the table's seed-0 column shows.
+
+Usage: scripts/demo-seeds.py [--methods alignseg,acfnet,...] [--seeds 0,1,2] [--out runs/seeds] [--from-demo RUNS]
 Needs data/cityscapes and data/cityscapes_prepared (`segrepro synth cityscapes --out data/cityscapes`).
 """
 
@@ -42,15 +46,15 @@ def isa() -> str:
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
 
 
-def train(method: str, seed: int, out: Path, threads: int) -> dict:
-    summary = out / "train_summary.json"
-    if not summary.exists():
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent}/mlflow.db"}
-        cmd = ["segrepro", "train", "--method", method, "--data", "data/cityscapes", "--out", str(out),
-               "--no-resume", "--set", f"train.{method}.seed={seed}"]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    return json.loads(summary.read_text())
+def train(method: str, seed: int, out: Path, threads: int) -> None:
+    # PASSIVE: idle OpenMP threads sleep instead of spinning, so other jobs on the machine slow a run
+    # by their share of the cores, not by 10x; the arithmetic (and so the weights) is the same.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent}/mlflow.db"}
+    cmd = ["segrepro", "train", "--method", method, "--data", "data/cityscapes", "--out", str(out),
+           "--no-resume", "--set", f"train.{method}.seed={seed}"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
 def weights_digest(run: Path) -> str:
@@ -70,28 +74,47 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "seeds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--from-demo", type=Path, default=None, help="runs/ of a finished `make demo` (seed 0)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
 
+    first = methods[0]
+
+    def run_dir(m: str, s: int) -> Path:
+        if args.from_demo is not None and s == 0 and m != first:
+            return args.from_demo / f"{m}-demo"
+        return args.out / f"{m}-s{s}"
+
+    missing = [run_dir(m, s) for m in methods for s in seeds if not (run_dir(m, s) / "train_summary.json").exists()]
+    for run in missing:  # each run is kept as it finishes: a rerun trains only what is still missing
+        if args.from_demo is None or run.parent != args.from_demo:
+            method, seed = run.name.rsplit("-s", 1)
+            train(method, int(seed), run, args.threads)
+    if args.from_demo is not None:
+        again = args.from_demo / f"{first}-demo"
+        absent = [str(r) for r in [*missing, again] if r.parent == args.from_demo and not (r / "model.pt").exists()]
+        if absent:
+            raise SystemExit(f"error: {', '.join(absent)}: no finished run; run `make demo` there first")
+        what = f"`make demo` and this script each trained {first} seed {seeds[0]}: they gave "
+    else:
+        again = args.out / f"{first}-s{seeds[0]}-again"
+        train(first, seeds[0], again, args.threads)
+        what = f"{first} seed {seeds[0]} trained twice on this machine gave "
+    same = weights_digest(run_dir(first, seeds[0])) == weights_digest(again)
+
     rows, ok = [], True
     for m in methods:
-        scores = [train(m, s, args.out / f"{m}-s{s}", args.threads)["val_mIoU"] for s in seeds]
+        scores = [json.loads((run_dir(m, s) / "train_summary.json").read_text())["val_mIoU"] for s in seeds]
         mean, spread = statistics.mean(scores), max(scores) - min(scores)
         passed = min(scores) >= 0.60 and mean >= 0.65
         ok &= passed
         rows.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in scores)
                     + f" | {mean:.3f} | {spread:.3f} | {'yes' if passed else '**no**'} |")
-    first = methods[0]
-    again = args.out / f"{first}-s{seeds[0]}-again"
-    train(first, seeds[0], again, args.threads)
-    same = weights_digest(args.out / f"{first}-s{seeds[0]}") == weights_digest(again)
-
     header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread (max − min) | target met |\n"
               "|---|" + "---|" * (len(seeds) + 3))
     machine = (f"{cpu_model()} ({os.cpu_count()} cores, {isa()}), {args.threads} torch threads, "
                f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
-    bits = (f"Measured: {first} seed {seeds[0]} trained twice on this machine gave "
-            + ("bit-identical weights" if same else "**different** weights") + ".")
+    bits = f"Measured: {what}" + ("bit-identical weights." if same else "**different** weights.")
     block = "\n".join([BEGIN, f"Measured by `scripts/demo-seeds.py` on {machine}.", "", header, *rows, "",
                        bits, END])
     text = args.readme.read_text()
