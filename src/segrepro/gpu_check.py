@@ -60,6 +60,7 @@ DDP_ITERS = 20
 DDP_LOSS_RTOL = 1e-2  # every iteration's loss, relative (rounding grows over 20 steps, see ddp_worker)
 DDP_STEP_RTOL = 1e-3  # ‖θ_ddp − θ_one‖ / ‖θ_one − θ_0‖ after the first step
 SMOKE_FIXTURES = {"dgcnet-r50", "alignseg_ssl-voc"}  # one CNN (layer3 hook path) and the ViT, ~10 s on CPU
+SMOKE_COMPILE = "dgcnet"  # dynamo tracing costs seconds per model on CPU: the smoke run traces one
 EVAL_SIZE = (1024, 2048)
 
 
@@ -438,7 +439,7 @@ def check_eval(ctx: Context) -> None:
         for name in ("official", "ms-flip"):
             proto = resolve_protocol(card.eval_protocols, name)
             if ctx.smoke and proto.crop:  # keep the sliding window at the small size
-                proto = replace(proto, crop=64, stride=None)
+                proto = replace(proto, crop=96, stride=None)
             config = f"{variant} {size[0]}×{size[1]} {proto.describe()}"
             with _guard(ctx, "eval", method, config):
                 if model is None:
@@ -524,6 +525,9 @@ def _check_compile(ctx: Context, method: str, config: str, model: nn.Module, x: 
     """torch.compile (inductor on CUDA; the ``eager`` backend on CPU, which checks graph capture without a
     C++ toolchain) where the time budget allows; a refusal is a ``skip`` row saying why."""
     backend = "eager" if ctx.smoke else "inductor"
+    if ctx.smoke and method != SMOKE_COMPILE:
+        ctx.add("compile", method, config, "skip", note=f"cpu smoke traces one method ({SMOKE_COMPILE})")
+        return
     if not ctx.smoke and ctx.left_s < 150:
         ctx.add("compile", method, config, "skip", note=f"time budget: {ctx.left_s:.0f} s left")
         return
