@@ -55,6 +55,7 @@ def load_input(path: Path) -> torch.Tensor:
 def evaluate_with_layer3_dsn(model: nn.Module, fixtures_dir: Path, method: str, variant: str) -> dict:
     """GALD/DGCNet fixtures: the manifest weights, one eval forward on ``input.npy`` and the layer3 ``dsn``."""
     meta = json.loads((fixtures_dir / method / "meta.json").read_text())
-    load_manifest_weights(model, fixtures_dir, fixtures_dir / method / f"manifest_{variant}.json", gain=meta["init_gain"])
+    manifest = fixtures_dir / method / f"manifest_{variant}.json"
+    load_manifest_weights(model, fixtures_dir, manifest, gain=meta["init_gain"])
     out, dsn = layer3_dsn(model.eval(), load_input(fixtures_dir / method / "input.npy"))
     return {"variant": variant, "out": out, "dsn": dsn, "meta": meta}

@@ -35,15 +35,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
 from segrepro.errors import UserError
+from segrepro.models.card import Protocol
 from segrepro.models.fixtures import CASES, check_case, fixture_files
 from segrepro.models.registry import build, get_card, list_methods
 
@@ -53,7 +53,7 @@ MEMORY_GB = 80.0  # headroom is reported against an 80 GB card, the largest the 
 ROOFLINE_TARGET = 0.40
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("A100", 312.0),
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),  # GH200 matches "H200"
     ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
 )
 DDP_ITERS = 20
@@ -211,8 +211,12 @@ def synthetic_batch(method: str, first: int, n: int, hw: tuple[int, int], device
 
 
 def _channels_last(x: Any) -> Any:
-    return [c.contiguous(memory_format=torch.channels_last) for c in x] if isinstance(x, list) else \
-        x.contiguous(memory_format=torch.channels_last)
+    """A model, an input or a multi-crop list in channels_last."""
+    if isinstance(x, nn.Module):
+        return x.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
+    if isinstance(x, list):
+        return [_channels_last(c) for c in x]
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -243,47 +247,47 @@ def check_fixtures(ctx: Context) -> None:
                     "max|Δ|/max|ref| per output; tolerance 1e-5·|ref| + 2e-5·max|ref|")
 
 
-def _train_variant(ctx: Context, recipe: dict[str, Any]) -> str:
-    return "tiny" if ctx.smoke else recipe["variant"]
-
-
 def check_train(ctx: Context) -> None:
     torch.backends.cudnn.benchmark = True
     for method in list_methods():
         recipe = official_recipe(ctx.params, method)
         hw = (64, 64) if ctx.smoke else recipe["crop_hw"]
         batch = 2 if ctx.smoke else recipe["micro_batch"]  # tiny models pool to 1×1: BN needs 2 images
-        variant = _train_variant(ctx, recipe)
+        variant = "tiny" if ctx.smoke else recipe["variant"]
         config = f"{variant} {hw[0]}×{hw[1]} ×{batch} bf16"
         with _guard(ctx, "train", method, config):
-            torch.manual_seed(0)
-            model = build(method, variant=variant).to(ctx.device).to(memory_format=torch.channels_last).train()
-            loss_fn = _ssl_loss if _is_ssl(method) else _criterion(recipe)
-            opt = _optimizer(recipe, model)
-            x, y = synthetic_batch(method, 0, batch, hw, ctx.device)
-            x = _channels_last(x)
-            losses: list[float] = []
+            _train_row(ctx, method, recipe, variant, hw, batch, config)
 
-            def step() -> None:
-                with _autocast(ctx.device):
-                    loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
 
-            _reset_peak(ctx.device)
-            sec = _seconds(step, ctx.device, repeats=1 if ctx.smoke else 3, warmup=1 if ctx.smoke else 2)
-            finite = all(math.isfinite(v) for v in losses)
-            ctx.add("train", method, config, "pass" if finite else "fail",
-                    {"s_per_iter": round(sec, 4), "img_s": round(batch / sec, 2), "peak_gb": _peak_gb(ctx.device),
-                     "loss": round(losses[-1], 4)}, "" if finite else f"loss not finite: {losses}")
-            del model, opt
+def _train_row(ctx: Context, method: str, recipe: dict[str, Any], variant: str, hw: tuple[int, int], batch: int,
+               config: str) -> None:
+    torch.manual_seed(0)
+    model = _channels_last(build(method, variant=variant).to(ctx.device)).train()
+    loss_fn = _ssl_loss if _is_ssl(method) else _criterion(recipe)
+    opt = _optimizer(recipe, model)
+    x, y = synthetic_batch(method, 0, batch, hw, ctx.device)
+    x = _channels_last(x)
+    losses: list[float] = []
+
+    def step() -> None:
+        with _autocast(ctx.device):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+
+    _reset_peak(ctx.device)
+    sec = _seconds(step, ctx.device, repeats=1 if ctx.smoke else 3, warmup=1 if ctx.smoke else 2)
+    finite = all(math.isfinite(v) for v in losses)
+    ctx.add("train", method, config, "pass" if finite else "fail",
+            {"s_per_iter": round(sec, 4), "img_s": round(batch / sec, 2), "peak_gb": _peak_gb(ctx.device),
+             "loss": round(losses[-1], 4)}, "" if finite else f"loss not finite: {losses}")
 
 
 def check_ddp(ctx: Context) -> None:
     world = 2 if ctx.smoke else max(torch.cuda.device_count(), 1)
-    spec = {"smoke": ctx.smoke, "params": ctx.params, "iters": DDP_ITERS, "methods": list_methods()}
+    spec = {"smoke": ctx.smoke, "params": ctx.params, "methods": list_methods()}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec["result"] = str(result_path)
@@ -291,12 +295,15 @@ def check_ddp(ctx: Context) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
                "-m", "segrepro.gpu_check", "--ddp-worker", str(spec_path)]
         start = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(ctx.left_s, 120))
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(ctx.left_s, 120))
+            rc, tail = res.returncode, (res.stderr or res.stdout).strip().splitlines()[-3:]
+        except subprocess.TimeoutExpired as err:
+            rc, tail = -1, [f"timed out after {err.timeout:.0f} s"]
         wall = round(time.perf_counter() - start, 1)
-        if res.returncode != 0 or not result_path.is_file():
-            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        if rc != 0 or not result_path.is_file():
             for method in list_methods():
-                ctx.add("ddp", method, f"world {world}", "fail", note=f"torchrun exit {res.returncode}: {' | '.join(tail)}"[:300])
+                ctx.add("ddp", method, f"world {world}", "fail", note=f"torchrun exit {rc}: {' | '.join(tail)}"[:300])
             return
         results = json.loads(result_path.read_text())
     for r in results:
@@ -339,7 +346,7 @@ def _steps(net: nn.Module, model: nn.Module, method: str, recipe: dict[str, Any]
         for a in range(accum):
             x, y = synthetic_batch(method, ((it * accum + a) * world + rank) * micro, micro, hw, device)
             last = a == accum - 1 or not isinstance(net, DDP)
-            with contextlib.nullcontext() if last else net.no_sync():
+            with contextlib.nullcontext() if last else cast(DDP, net).no_sync():
                 loss = loss_fn(net(x), y)
                 (loss / accum).backward()
             total += loss.detach()
@@ -408,7 +415,8 @@ def ddp_worker(spec_path: Path) -> None:
                 results.append({
                     "method": method, "config": config, "backend": dist.get_backend(),
                     "norm": "SyncBatchNorm" if synced else ("per-rank BN" if has_bn else "no BN"),
-                    "loss_rel": max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ddp_losses, one_losses)),
+                    "loss_rel": max(abs(a - b) / max(abs(b), 1e-12)
+                                    for a, b in zip(ddp_losses, one_losses, strict=True)),
                     "step_rel": float(delta), "first_loss": one_losses[0], "last_loss": one_losses[-1]})
                 del one
         except Exception as err:  # noqa: BLE001 - reported as this method's row
@@ -426,7 +434,7 @@ def _eval_variant(ctx: Context, method: str, recipe: dict[str, Any]) -> str:
 
 
 def check_eval(ctx: Context) -> None:
-    from segrepro.evaluation.inference import predict_probs, resolve_protocol
+    from segrepro.evaluation.inference import resolve_protocol
 
     torch.backends.cudnn.benchmark = True
     for method in list_methods():
@@ -444,19 +452,24 @@ def check_eval(ctx: Context) -> None:
             with _guard(ctx, "eval", method, config):
                 if model is None:
                     torch.manual_seed(0)
-                    model = build(method, variant=variant).eval().to(ctx.device).to(memory_format=torch.channels_last)
-                image = torch.randn(3, *size, device=ctx.device)
-                _reset_peak(ctx.device)
-                sec = _seconds(lambda: predict_probs(model, image, proto), ctx.device, repeats=1)  # noqa: B023
-                peak = _peak_gb(ctx.device)
-                fits = not isinstance(peak, float) or peak < MEMORY_GB
-                metrics: dict[str, float | str] = {"s_per_img": round(sec, 3), "img_s": round(1 / sec, 3),
-                                                   "peak_gb": peak}
-                if isinstance(peak, float):
-                    metrics["headroom_gb"] = round(MEMORY_GB - peak, 1)
-                ctx.add("eval", method, config, "pass" if fits else "fail", metrics,
-                        "" if fits else f"peak memory above {MEMORY_GB:g} GB")
+                    model = _channels_last(build(method, variant=variant).eval().to(ctx.device))
+                _eval_row(ctx, method, config, model, proto, size)
         del model
+
+
+def _eval_row(ctx: Context, method: str, config: str, model: nn.Module, proto: Protocol, size: tuple[int, int]) -> None:
+    from segrepro.evaluation.inference import predict_probs
+
+    image = torch.randn(3, *size, device=ctx.device)
+    _reset_peak(ctx.device)
+    sec = _seconds(lambda: predict_probs(model, image, proto), ctx.device, repeats=1)
+    peak = _peak_gb(ctx.device)
+    fits = not isinstance(peak, float) or peak < MEMORY_GB
+    metrics: dict[str, float | str] = {"s_per_img": round(sec, 3), "img_s": round(1 / sec, 3), "peak_gb": peak}
+    if isinstance(peak, float):
+        metrics["headroom_gb"] = round(MEMORY_GB - peak, 1)
+    ctx.add("eval", method, config, "pass" if fits else "fail", metrics,
+            "" if fits else f"peak memory above {MEMORY_GB:g} GB")
 
 
 def check_metrics(ctx: Context) -> None:
@@ -481,7 +494,8 @@ def check_metrics(ctx: Context) -> None:
         a, b = (e.compute().average_scores for e in (cpu, dev))
         same = same and all(a[k] == b[k] or math.isnan(a[k]) and math.isnan(b[k]) for k in a)
         ctx.add("metrics", "-", config, "pass" if same else "fail",
-                {"IoU_classes": round(a["averageScoreClasses"], 6), "iIoU_classes": round(a["averageScoreInstClasses"], 6),
+                {"IoU_classes": round(a["averageScoreClasses"], 6),
+                 "iIoU_classes": round(a["averageScoreInstClasses"], 6),
                  "device_s": round(sec, 4)}, "" if same else "accumulated states or scores differ")
 
 
@@ -499,7 +513,7 @@ def check_options(ctx: Context) -> None:
             model = build(method, variant=variant).eval().to(ctx.device)
             x = torch.randn(1, 3, *hw, device=ctx.device)
             eager = _seconds(_forward(ctx, model, x), ctx.device, repeats)
-            model = model.to(memory_format=torch.channels_last)
+            model = _channels_last(model)
             xc = x.contiguous(memory_format=torch.channels_last)
             cl = _seconds(_forward(ctx, model, xc), ctx.device, repeats)
             ctx.add("channels_last", method, config, "pass",
@@ -512,7 +526,7 @@ def check_options(ctx: Context) -> None:
         measured.clear()
 
 
-def _forward(ctx: Context, model: nn.Module, x: Tensor) -> Callable[[], Any]:
+def _forward(ctx: Context, model: Callable[[Tensor], Any], x: Tensor) -> Callable[[], Any]:
     """An eval forward without grad, bf16 autocast on CUDA (fp32 on CPU, where bf16 is emulated)."""
     def run() -> Any:
         with torch.no_grad(), _autocast(ctx.device, ctx.device.type == "cuda"):
@@ -562,7 +576,7 @@ def check_roofline(ctx: Context) -> None:
     with _guard(ctx, "roofline", "ann", config):
         flops = count_flops("ann", variant, size)
         torch.manual_seed(0)
-        model = build("ann", variant=variant).eval().to(ctx.device).to(memory_format=torch.channels_last)
+        model = _channels_last(build("ann", variant=variant).eval().to(ctx.device))
         x = torch.randn(1, 3, *size, device=ctx.device).contiguous(memory_format=torch.channels_last)
 
         def run() -> None:
@@ -659,8 +673,9 @@ def run_checks(out: Path, smoke: bool, fixtures: Path | None = None, budget_s: f
         raise UserError(f"--params {params}: no such file")
     device = torch.device("cpu") if smoke else torch.device("cuda", 0)
     ctx = Context(device, smoke, find_fixtures(fixtures), yaml.safe_load(params.read_text()), budget_s)
-    for _, check in CHECKS:
-        check(ctx)
+    for name, check in CHECKS:
+        with _guard(ctx, name, "-", "the check itself"):  # what a check does not catch per row stops only it
+            check(ctx)
     seconds = time.perf_counter() - ctx.t0
     in_budget = seconds <= budget_s
     ctx.add("budget", "-", f"total ≤ {budget_s:.0f} s", "pass" if in_budget else "fail", {"s": round(seconds, 1)})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import numpy as np
 import torch
@@ -72,11 +73,12 @@ def layer3_dsn(model: nn.Module, x: Tensor) -> tuple[SegOutput, Tensor]:
     """GALD/DGCNet: (eval output, ``dsn`` head on layer3), the latter captured by a hook because the official
     eval forward does not return it."""
     seen: dict[str, Tensor] = {}
-    hook = model.layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
+    layer3, dsn = cast(nn.Module, model.layer3), cast(nn.Module, model.dsn)
+    hook = layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
     try:
         with torch.no_grad():
             out = model(x)
-            return out, model.dsn(seen["layer3"])
+            return out, dsn(seen["layer3"])
     finally:
         hook.remove()
 
@@ -140,7 +142,8 @@ def fixture_files() -> list[str]:
     return sorted({"init_rule.py", *(f for case in CASES for f in case.files())})
 
 
-def check_case(case: FixtureCase, fixtures_dir: Path, device: torch.device | str = "cpu") -> dict[str, tuple[float, bool]]:
+def check_case(case: FixtureCase, fixtures_dir: Path,
+               device: torch.device | str = "cpu") -> dict[str, tuple[float, bool]]:
     """Build ``case`` with the fixture weights, run it on ``device`` in float32 and compare every output:
     ``{output: (max|Δ|/max|ref|, within tolerance)}``."""
     meta = json.loads((fixtures_dir / case.method / "meta.json").read_text())
