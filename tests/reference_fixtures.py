@@ -1,44 +1,22 @@
-"""Helpers for checking a model against the official numeric fixtures in ../shared/reference/fixtures.
+"""Test-side helpers for the official numeric fixtures in ../shared/reference/fixtures.
 
-Weights are built from the *manifest* names with ``init_rule.py`` (aliases take the value of the entry
-they alias), then loaded strictly, exactly as an independent checker would.
+The building and comparison logic lives in :mod:`segrepro.models.fixtures` (``scripts/gpu-check.sh`` runs
+the same code on CUDA); this module adds the assertions the tests make with it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-DTYPES = {"float32": torch.float32, "int64": torch.int64, "float64": torch.float64}
+from segrepro.models.fixtures import init_rule, layer3_dsn, manifest_entries, manifest_state_dict, scale_error
 
-
-@lru_cache(maxsize=None)
-def init_rule(fixtures_dir: Path):
-    spec = importlib.util.spec_from_file_location("segrepro_test_init_rule", fixtures_dir / "init_rule.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def manifest_entries(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["entries"]
-
-
-def manifest_state_dict(fixtures_dir: Path, manifest: Path, gain: float | None = None) -> dict[str, torch.Tensor]:
-    """A state_dict with every manifest entry filled by the init rule, aliases honoured."""
-    rule = init_rule(fixtures_dir)
-    out: dict[str, torch.Tensor] = {}
-    for e in manifest_entries(manifest):
-        source = e.get("alias_of", e["name"])
-        out[e["name"]] = rule.init_tensor(source, e["shape"], DTYPES[e["dtype"]], gain)
-    return out
+__all__ = ["assert_manifest_keys", "assert_matches", "evaluate_with_layer3_dsn", "init_rule", "load_input",
+           "load_manifest_weights", "manifest_entries", "manifest_state_dict"]
 
 
 def assert_manifest_keys(model: nn.Module, manifest: Path) -> None:
@@ -66,13 +44,8 @@ def load_manifest_weights(model: nn.Module, fixtures_dir: Path, manifest: Path, 
 
 def assert_matches(out: torch.Tensor, ref_path: Path) -> None:
     """The README's tolerance: |out − ref| ≤ 1e-5·|ref| + 2e-5·max|ref|, elementwise."""
-    ref = torch.from_numpy(np.load(ref_path))
-    out = out.detach().to(torch.float32).cpu()
-    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)} ({ref_path.name})"
-    tol = 1e-5 * ref.abs() + 2e-5 * ref.abs().max()
-    err = (out - ref).abs()
-    worst = float((err / ref.abs().max()).max())
-    assert bool((err <= tol).all()), f"{ref_path.name}: max|Δ|/max|ref| = {worst:.3e} exceeds tolerance"
+    worst, ok = scale_error(out, torch.from_numpy(np.load(ref_path)))
+    assert ok, f"{ref_path.name}: max|Δ|/max|ref| = {worst:.3e} exceeds tolerance"
 
 
 def load_input(path: Path) -> torch.Tensor:
@@ -80,17 +53,9 @@ def load_input(path: Path) -> torch.Tensor:
 
 
 def evaluate_with_layer3_dsn(model: nn.Module, fixtures_dir: Path, method: str, variant: str) -> dict:
-    """GALD/DGCNet fixtures: load the manifest weights, one eval forward on ``input.npy``, and the
-    ``dsn`` head applied to layer3 (captured by a hook), which the official eval forward does not return."""
+    """GALD/DGCNet fixtures: the manifest weights, one eval forward on ``input.npy`` and the layer3 ``dsn``."""
     meta = json.loads((fixtures_dir / method / "meta.json").read_text())
-    load_manifest_weights(model, fixtures_dir, fixtures_dir / method / f"manifest_{variant}.json", gain=meta["init_gain"])
-    model.eval()
-    seen: dict[str, torch.Tensor] = {}
-    hook = model.layer3.register_forward_hook(lambda _m, _i, out: seen.__setitem__("layer3", out))
-    try:
-        with torch.no_grad():
-            out = model(load_input(fixtures_dir / method / "input.npy"))
-            dsn = model.dsn(seen["layer3"])
-    finally:
-        hook.remove()
+    manifest = fixtures_dir / method / f"manifest_{variant}.json"
+    load_manifest_weights(model, fixtures_dir, manifest, gain=meta["init_gain"])
+    out, dsn = layer3_dsn(model.eval(), load_input(fixtures_dir / method / "input.npy"))
     return {"variant": variant, "out": out, "dsn": dsn, "meta": meta}

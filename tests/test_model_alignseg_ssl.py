@@ -39,16 +39,9 @@ def meta(fixture_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def manifests(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The SSL manifests are ``{name: {shape, dtype}}``; rewrite them in the shared ``{"entries": [...]}`` form."""
-    out = tmp_path_factory.mktemp("alignseg_ssl_manifests")
-    paths = {}
-    for variant, name in MANIFESTS.items():
-        raw = json.loads((fixture_dir / name).read_text())
-        entries = [{"name": k, "shape": v["shape"], "dtype": v["dtype"]} for k, v in raw.items()]
-        paths[variant] = out / name
-        paths[variant].write_text(json.dumps({"entries": entries}))
-    return paths
+def manifests(fixture_dir: Path) -> dict[str, Path]:
+    """The SSL manifests are ``{name: {shape, dtype}}``; ``manifest_entries`` reads that form too."""
+    return {variant: fixture_dir / name for variant, name in MANIFESTS.items()}
 
 
 @pytest.fixture(scope="module")
