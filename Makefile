@@ -12,7 +12,7 @@ S3_PORT ?= 7480
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c requirements/constraints.txt -e '.[test,kubeflow]'
+	$(PIP) install -q -c requirements/constraints.txt -e '.[test]'  # [test] = every extra ([all]) plus the test tools
 	touch $(STAMP)
 
 install: $(STAMP)

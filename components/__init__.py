@@ -1,9 +1,9 @@
 """Kubeflow components, one per stage, named like the CLI subcommands and DVC stages.
 
-Two builds share one signature per stage: :func:`components.container.container_components`
-(the segrepro image running the CLI, for clusters) and :data:`components.local.LOCAL` (Python
+Two builds share one signature per stage: :func:`segrepro_components.container.container_components`
+(the segrepro image running the CLI, for clusters) and :data:`segrepro_components.local.LOCAL` (Python
 components calling ``segrepro.stages``, for ``kfp.local.SubprocessRunner``, which refuses
-container components). ``pipelines.cityscapes_benchmark.build_graph`` takes either.
+container components). ``segrepro_pipelines.cityscapes_benchmark.build_graph`` takes either.
 """
 
 from __future__ import annotations

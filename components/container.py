@@ -1,6 +1,6 @@
 """Container components: the segrepro image running the CLI, one component per stage.
 
-Every ``segrepro`` command line below comes from :func:`components.cli_args.segrepro_args`, i.e.
+Every ``segrepro`` command line below comes from :func:`segrepro_components.cli_args.segrepro_args`, i.e.
 from the click command itself. Where a stage needs two commands (fetch + prepare, collect +
 leaderboard) they are joined into one ``sh -ec`` script whose inputs arrive as ``$0``/``$1``, so
 no input value is ever spliced into shell text.
@@ -14,9 +14,9 @@ from typing import Any
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components import DATASET_SUBDIR, DEFAULT_IMAGE, MODEL_FILE, StageComponents
-from components.cli_args import segrepro_args
-from pipelines.data import TRAIN_FILES
+from segrepro_components import DATASET_SUBDIR, DEFAULT_IMAGE, MODEL_FILE, StageComponents
+from segrepro_components.cli_args import segrepro_args
+from segrepro_pipelines.data import TRAIN_FILES
 
 COLLECT_DIR = "/tmp/segrepro-runs"
 NO_RUNS = f"{COLLECT_DIR}/none"  # the first collect step's "previous": an empty folder

@@ -9,7 +9,7 @@ imports what it needs; the work itself lives in segrepro, not here.
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components import DEFAULT_IMAGE, StageComponents
+from segrepro_components import DEFAULT_IMAGE, StageComponents
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -17,8 +17,8 @@ def prepare(data_root: str, name: str, dataset: Output[Dataset]):
     """Copy the raw dataset ``<data_root>/<name>`` into the artifact, then write the prepared data beside it."""
     from pathlib import Path
 
-    from components import DATASET_SUBDIR
-    from pipelines.data import fetch_data
+    from segrepro_components import DATASET_SUBDIR
+    from segrepro_pipelines.data import fetch_data
     from segrepro.data import prepare_dataset
 
     root = fetch_data(f"{data_root.rstrip('/')}/{name}", Path(dataset.path) / DATASET_SUBDIR)
@@ -32,7 +32,7 @@ def train(method: str, recipe: str, gpus: int, dataset: Input[Dataset], model: O
     previous stage's run folder, for a multi-stage recipe (init_from)."""
     from pathlib import Path
 
-    from components import DATASET_SUBDIR, MODEL_FILE
+    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
 
     start = Path(init.path) / MODEL_FILE if init is not None else None
@@ -46,8 +46,8 @@ def evaluate(method: str, dataset: Input[Dataset], model: Input[Model], results:
     import shutil
     from pathlib import Path
 
-    from components import DATASET_SUBDIR, MODEL_FILE
-    from pipelines.data import TRAIN_FILES
+    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
+    from segrepro_pipelines.data import TRAIN_FILES
     from segrepro import stages
 
     out = Path(results.path)
@@ -64,7 +64,7 @@ def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission
     """Build the test-server zip."""
     from pathlib import Path
 
-    from components import DATASET_SUBDIR, MODEL_FILE
+    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
 
     trained = stages.TrainedModel(method, Path(model.path) / MODEL_FILE)

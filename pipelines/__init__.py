@@ -1,1 +1,1 @@
-"""Kubeflow pipelines of segrepro (see pipelines.cityscapes_benchmark)."""
+"""Kubeflow pipelines of segrepro, installed as ``segrepro_pipelines`` (see its cityscapes_benchmark)."""

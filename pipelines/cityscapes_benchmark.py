@@ -14,9 +14,9 @@ from typing import Any, Callable, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from components import DEFAULT_IMAGE, StageComponents
-from pipelines.cluster import ClusterConfig
-from pipelines.trainjob import launch_trainjob
+from segrepro_components import DEFAULT_IMAGE, StageComponents
+from segrepro_pipelines.cluster import ClusterConfig
+from segrepro_pipelines.trainjob import launch_trainjob
 
 PIPELINE_NAME = "cityscapes-benchmark"
 
@@ -138,14 +138,14 @@ def build_graph(stages: StageComponents, cluster: ClusterConfig, rows: list[Row]
 
 def container_pipeline(cluster: ClusterConfig | None = None, params_path: Path = Path("params.yaml")) -> Callable:
     """The cluster build: container components running the segrepro image."""
-    from components.container import container_components
+    from segrepro_components.container import container_components
 
     return build_graph(container_components(), cluster or ClusterConfig(), benchmark_rows(params_path))
 
 
 def local_pipeline(params_path: Path = Path("params.yaml")) -> Callable:
     """The local build: Python components calling ``segrepro.stages`` (for SubprocessRunner)."""
-    from components.local import LOCAL
+    from segrepro_components.local import LOCAL
 
     return build_graph(LOCAL, ClusterConfig(), benchmark_rows(params_path), multi_node=False)
 

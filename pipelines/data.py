@@ -1,19 +1,15 @@
-"""Moving data in and out of Kubeflow artifacts: the raw dataset into the prepare step, and the
-collected evaluation artifacts into one runs folder for the leaderboard."""
+"""Moving data into Kubeflow artifacts: the raw dataset into the prepare step, and which run files the
+evaluate step carries along (the collect step and the leaderboard read them)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from segrepro.errors import UserError
 
-# An evaluated run: <artifact>/{train_summary.json, config.yaml, eval/eval_summary.json, ...}.
-EVAL_SUMMARY = "eval/eval_summary.json"
+# An evaluated run: <artifact>/{train_summary.json, config.yaml, eval/...}; these come from the Model artifact.
 TRAIN_FILES = ("train_summary.json", "config.yaml")
 
 
@@ -64,56 +60,3 @@ def _download_s3(uri: str, dst: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
 
-
-def artifact_paths(rendered: str) -> list[str]:
-    """Local paths of a rendered ``{{$.inputs.artifacts['x']}}`` list (JSON with ``uri`` fields).
-
-    kfp's launcher mounts ``s3://b/k`` at ``/s3/b/k`` (likewise gs://, minio://); kfp's own
-    Artifact class does that mapping, so it is reused rather than restated.
-    """
-    from kfp.dsl import Artifact
-
-    def uris(node: Any) -> Iterable[str]:
-        if isinstance(node, dict):
-            if isinstance(node.get("uri"), str):
-                yield node["uri"]
-            else:
-                for value in node.values():
-                    yield from uris(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from uris(value)
-
-    try:
-        parsed = json.loads(rendered)
-    except json.JSONDecodeError as err:
-        raise UserError(f"artifact list is not JSON ({err}); pass kfp's rendered input artifact list") from err
-    return [Artifact(uri=u).path for u in uris(parsed)]
-
-
-def collect_runs(results: Sequence[str | os.PathLike[str]], dst: Path) -> Path:
-    """Link each evaluated run (an evaluate step's Metrics artifact: the train summary and config
-    plus ``eval/``) as ``dst/<method>``, the runs layout ``segrepro leaderboard`` reads.
-
-    The method comes from ``eval/eval_summary.json``, not from list order. Nothing is copied.
-    """
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in (Path(p) for p in results):
-        method = _method_of(path / EVAL_SUMMARY)
-        if method is None:
-            raise UserError(f"{path}: no {EVAL_SUMMARY} with a method field; did the evaluate step finish?")
-        link = dst / method
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(path.resolve(), target_is_directory=True)
-    return dst
-
-
-def _method_of(summary: Path) -> str | None:
-    try:
-        data = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None
-    method = data.get("method") if isinstance(data, dict) else None
-    return method if isinstance(method, str) else None

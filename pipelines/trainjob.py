@@ -14,9 +14,9 @@ from typing import Any
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components import DEFAULT_IMAGE
-from components.cli_args import segrepro_args
-from pipelines.cluster import NODE, VOLUME, ClusterConfig
+from segrepro_components import DEFAULT_IMAGE
+from segrepro_components.cli_args import segrepro_args
+from segrepro_pipelines.cluster import NODE, VOLUME, ClusterConfig
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
@@ -101,7 +101,7 @@ def run_trainjob(job: Any, namespace: str, poll_s: float = 30.0) -> None:
 def stage_and_run(method: str, recipe: str, gpus: int, num_nodes: int, image: str, dataset_dir: str,
                   model_dir: str, job_name: str, config_json: str) -> None:
     """Copy the dataset onto the shared volume, run the TrainJob there, copy its run folder back."""
-    from components import DATASET_SUBDIR
+    from segrepro_components import DATASET_SUBDIR
 
     config = ClusterConfig.from_json(config_json)
     work = Path(config.mount_path) / "trainjobs" / job_name
@@ -121,7 +121,7 @@ def launch_trainjob(method: str, recipe: str, gpus: int, num_nodes: int, image: 
     import re
     from pathlib import Path
 
-    from pipelines.trainjob import stage_and_run
+    from segrepro_pipelines.trainjob import stage_and_run
 
     job_name = re.sub(r"[^a-z0-9-]", "-", f"segrepro-{method}-{Path(model.path).parent.name}".lower())[:63]
     stage_and_run(method, recipe, gpus, num_nodes, image, dataset.path, model.path, job_name.strip("-"), config_json)

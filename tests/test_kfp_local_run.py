@@ -20,8 +20,8 @@ def test_local_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     import kfp.local
     import mlflow
 
-    from components import DATASET_SUBDIR
-    from pipelines.cityscapes_benchmark import local_pipeline
+    from segrepro_components import DATASET_SUBDIR
+    from segrepro_pipelines.cityscapes_benchmark import local_pipeline
     from segrepro.data import synth_dataset
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())

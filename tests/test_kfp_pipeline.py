@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cli_args import segrepro_args, validate_argv
-from pipelines.cityscapes_benchmark import benchmark_rows, compile_pipeline
-from pipelines.cluster import ClusterConfig
-from pipelines.trainjob import trainjob_spec
+from segrepro_components.cli_args import segrepro_args, validate_argv
+from segrepro_pipelines.cityscapes_benchmark import benchmark_rows, compile_pipeline
+from segrepro_pipelines.cluster import ClusterConfig
+from segrepro_pipelines.trainjob import trainjob_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = ClusterConfig(
@@ -199,22 +199,17 @@ def test_trainjob_spec_two_nodes_four_gpus() -> None:
         trainjob_spec("x", "i", "ann", "official", 0, 4, "/d", "/o", CLUSTER)
 
 
-def test_collect_runs_links_evaluated_runs_by_method(tmp_path: Path) -> None:
-    import json
+def test_fetch_data_copies_a_local_root_all_or_nothing(tmp_path: Path) -> None:
+    from segrepro.errors import UserError
+    from segrepro_pipelines.data import fetch_data
 
-    from pipelines.data import artifact_paths, collect_runs, fetch_data
-
-    rendered = json.dumps({"artifacts": [{"name": "a", "uri": "s3://bucket/run/1/results"},
-                                         {"name": "b", "uri": "minio://mlpipeline/x/results"}]})
-    assert artifact_paths(rendered) == ["/s3/bucket/run/1/results", "/minio/mlpipeline/x/results"]
-    results = []
-    for method in ("ann", "gald"):
-        run = tmp_path / f"artifact-{method}"
-        (run / "eval").mkdir(parents=True)
-        (run / "eval" / "eval_summary.json").write_text(json.dumps({"method": method}))
-        results.append(run)
-    runs = collect_runs(results, tmp_path / "runs")
-    assert sorted(p.name for p in runs.iterdir()) == ["ann", "gald"]
-    assert (runs / "gald" / "eval" / "eval_summary.json").is_file()
-    copied = fetch_data(str(results[0]), tmp_path / "copy" / "cityscapes")
-    assert (copied / "eval" / "eval_summary.json").read_text() == json.dumps({"method": "ann"})
+    src = tmp_path / "raw" / "cityscapes"
+    (src / "leftImg8bit").mkdir(parents=True)
+    (src / "leftImg8bit" / "a.png").write_bytes(b"png")
+    dst = tmp_path / "artifact" / "root"
+    dst.mkdir(parents=True)
+    (dst / "stale.txt").write_text("from a retried step")
+    assert fetch_data(str(src), dst) == dst
+    assert sorted(p.name for p in dst.rglob("*")) == ["a.png", "leftImg8bit"]  # replaced as a whole
+    with pytest.raises(UserError, match="dataset root not found"):
+        fetch_data(str(tmp_path / "missing"), tmp_path / "other")

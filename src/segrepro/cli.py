@@ -587,80 +587,21 @@ def ui_cmd(
     raise typer.Exit(serve(host, port, backend_store_uri, artifacts_destination))
 
 
-# --- kubeflow pipeline (implementation in pipelines/ and components/, shipped with the package) ---
-
-kfp_app = typer.Typer(help="Kubeflow Pipelines: compile and submit cityscapes_benchmark; helpers its steps run.",
-                      no_args_is_help=True)
-app.add_typer(kfp_app, name="pipeline")
-
-
-@kfp_app.command("compile")
-def pipeline_compile(
-    out: Path = typer.Option(Path("pipeline.yaml"), "--out", help="Where to write the pipeline IR YAML."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml giving the default methods."),
-    pvc: str = typer.Option("segrepro-data", "--pvc", help="PVC (ReadWriteMany for multi-node) holding data and runs."),
-    mount_path: str = typer.Option("/mnt/segrepro", "--mount-path", help="Where every task mounts the PVC."),
-    node_selector: list[str] = typer.Option([], "--node-selector", help="GPU node label KEY=VALUE (repeatable)."),
-    toleration: list[str] = typer.Option([], "--toleration", help="key=K,operator=Exists|Equal[,value=V],effect=E (repeatable)."),
-    accelerator: str = typer.Option("nvidia.com/gpu", "--accelerator", help="Accelerator resource the GPU tasks request."),
-    train_cpu: str = typer.Option("16", "--train-cpu", help="CPU request of a training task."),
-    train_memory: str = typer.Option("64G", "--train-memory", help="Memory request of a training task."),
-    train_retries: int = typer.Option(2, "--train-retries", help="Retries of a failed training task (it resumes)."),
-    mlflow_secret: str = typer.Option("segrepro-mlflow", "--mlflow-secret", help="Secret with MLFLOW_TRACKING_URI."),
-    s3_secret: str = typer.Option("segrepro-s3", "--s3-secret", help="Optional secret with AWS_* keys for s3:// data."),
-) -> None:
-    """Write the cityscapes_benchmark pipeline (container components) as kfp IR YAML."""
-    from pipelines.cityscapes_benchmark import compile_pipeline
-    from pipelines.cluster import ClusterConfig, parse_pairs, parse_toleration
-
-    cluster = ClusterConfig(
-        pvc_name=pvc, mount_path=mount_path, accelerator=accelerator, train_cpu=train_cpu,
-        train_memory=train_memory, train_retries=train_retries,
-        node_selector=parse_pairs(node_selector, "--node-selector"),
-        tolerations=[parse_toleration(t) for t in toleration], mlflow_secret=mlflow_secret, s3_secret=s3_secret,
-    )
-    typer.echo(f"pipeline written to {compile_pipeline(out, cluster, params)}")
+# --- command groups of the optional layers (entry points) ----------------------------------------
+# ``segrepro pipeline`` lives with the Kubeflow layer (pipelines/cli.py, installed as segrepro_pipelines) and
+# registers itself through the ``segrepro.commands`` entry-point group: the core CLI never imports it.
+COMMANDS_GROUP = "segrepro.commands"
 
 
-@kfp_app.command("submit")
-def pipeline_submit(
-    host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888."),
-    package: Path = typer.Option(Path("pipeline.yaml"), "--package", help="Compiled pipeline YAML."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per training task (torchrun processes per node)."),
-    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=">1 trains through a Kubeflow Trainer TrainJob."),
-    image: Optional[str] = typer.Option(None, "--image", help="segrepro image every task runs."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder (PVC path or s3:// URI) holding one "
-                                            "root per dataset: <data-root>/cityscapes, .../ade20k, ..."),
-    experiment: str = typer.Option("segrepro", "--experiment", help="KFP experiment name."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
-) -> None:
-    """Start a run of the compiled pipeline (its benchmark rows are fixed at compile time) on a KFP endpoint."""
-    from pipelines.submit import submit_run
+def _add_entry_point_groups() -> None:
+    from importlib.metadata import entry_points
 
-    arguments = {"gpus": gpus, "num_nodes": num_nodes, "image": image, "data_root": data_root}
-    typer.echo(f"run {submit_run(host, package, arguments, experiment, namespace)} started on {host}")
+    for entry in entry_points(group=COMMANDS_GROUP):
+        app.add_typer(entry.load(), name=entry.name)
 
 
-@kfp_app.command("fetch")
-def pipeline_fetch(
-    source: str = typer.Argument(..., help="Dataset root: a folder (e.g. on the PVC) or s3://bucket/prefix."),
-    dst: Path = typer.Argument(..., help="Folder to copy it to (replaced as a whole)."),
-) -> None:
-    """Copy a raw dataset into a task's artifact (the prepare step's first half)."""
-    from pipelines.data import fetch_data
+_add_entry_point_groups()
 
-    typer.echo(f"{source} copied to {fetch_data(source, dst)}")
-
-
-@kfp_app.command("collect")
-def pipeline_collect(
-    results: str = typer.Argument(..., help="kfp's rendered list of the evaluate steps' artifacts (JSON with uri fields)."),
-    dst: Path = typer.Argument(..., help="Runs folder to build, one <method> symlink per evaluated run."),
-) -> None:
-    """Lay the collected evaluated runs out as a runs folder for `segrepro leaderboard`."""
-    from pipelines.data import artifact_paths, collect_runs
-
-    typer.echo(f"runs linked in {collect_runs(artifact_paths(results), dst)}")
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app, turning user errors into one clean line."""

@@ -38,3 +38,24 @@ class RecipeError(UserError):
     """A bad params.yaml / ``--set`` key or value, or a run config that does not match: exit 2, before any work."""
 
     exit_code = 2
+
+
+class MissingExtraError(UserError):
+    """An optional dependency group is not installed; names the ``pip install`` that brings it (exit 2)."""
+
+    exit_code = 2
+
+
+def require_extra(extra: str, purpose: str, *modules: str, alternative: str = "") -> None:
+    """Import ``modules`` (the tracking and pipeline libraries are optional extras of the package) or raise
+    :class:`MissingExtraError` naming ``segrepro[<extra>]`` (and ``alternative``), before any work starts."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtraError(
+                f"{purpose} needs {name}, which is not installed; install it with pip install 'segrepro[{extra}]'"
+                + (f" or {alternative}" if alternative else "")
+            ) from None

@@ -121,8 +121,10 @@ def train(
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
-    from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
+    from segrepro.tracking.mlflow_tracker import (MlflowTracker, dvc_data_hash, environment_tags, git_state,
+                                                  require_mlflow)
 
+    require_mlflow("training (one MLflow run per training)")  # on every rank, before the process group forms
     params, cfg = resolved_config(method, recipe, overrides, params_path)
     dataset_name = cfg.dataset
     root = _data_root(params, dataset_name, data)
@@ -220,8 +222,11 @@ def leaderboard(
     the leaderboard files; log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
     from segrepro.tracking.leaderboard import build_leaderboard, write_outputs
     from segrepro.tracking.paper_results import paper_index
+    from segrepro.tracking.mlflow_tracker import require_mlflow
     from segrepro.tracking.registry import log_leaderboard, mlflow_run_info
 
+    if log_mlflow:
+        require_mlflow("the leaderboard's MLflow run", optional=True)
     params = load_params(params_path) if Path(params_path).is_file() else {}
     names = list(methods or params.get("benchmark") or [])
     runs = Path(runs)
@@ -503,8 +508,11 @@ def evaluate(
     from segrepro.evaluation.predict import run_evaluation
     from segrepro.data import get_dataset
     from segrepro.data.manifest import sha256_file
-    from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
+    from segrepro.tracking.mlflow_tracker import (MlflowTracker, dvc_data_hash, environment_tags, git_state,
+                                                  require_mlflow)
 
+    if track:
+        require_mlflow("the evaluation's MLflow run", optional=True)
     method, checkpoint = trained.method, trained.checkpoint
     cfg, source = _announce(trained)
     proto = resolve_protocol(cfg.official_protocols(), protocol, split, scales=scales, flip=flip, crop=crop,
@@ -652,6 +660,10 @@ def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: s
     from segrepro.submission.build import PREDICTION_SUFFIX, prediction_name, write_archive
     from segrepro.submission.validate import split_images
 
+    from segrepro.tracking.mlflow_tracker import require_mlflow
+
+    if track:
+        require_mlflow("the submission's MLflow run", optional=True)
     pred_dir, out = Path(pred_dir), Path(out)
     if not pred_dir.is_dir():
         raise UserError(f"{pred_dir}: prediction folder not found; write it with `segrepro submit predict`")
@@ -694,6 +706,10 @@ def submit_build(
 
     from segrepro.submission.build import staging_dir
 
+    from segrepro.tracking.mlflow_tracker import require_mlflow
+
+    if track:  # before the predictions, not after them
+        require_mlflow("the submission's MLflow run", optional=True)
     out = Path(out)
     predicted = submit_predict(trained, data, staging_dir(out), protocol, split)
     packaged = submit_package(staging_dir(out), out, data, split, track)

@@ -19,10 +19,16 @@ from typing import Any
 import torch
 
 from segrepro.engine.config import flatten
-from segrepro.errors import UserError
+from segrepro.errors import UserError, require_extra
 
 DEFAULT_EXPERIMENT = "segrepro"
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
+
+
+def require_mlflow(purpose: str, optional: bool = False) -> None:
+    """Fail with the extra to install before any work when MLflow (the ``pipeline`` extra) is missing;
+    ``optional``: the command also runs with ``--no-mlflow``."""
+    require_extra("pipeline", purpose, "mlflow", alternative="pass --no-mlflow" if optional else "")
 
 
 def redact(uri: str) -> str:
@@ -193,6 +199,7 @@ class MlflowTracker:
     def __init__(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
                  experiment: str | None = None, uri: str | None = None, dataset: str | None = None,
                  parent_run_id: str | None = None, system_metrics: bool | None = None) -> None:
+        require_mlflow("MLflow tracking")
         import mlflow
 
         self.mlflow = mlflow

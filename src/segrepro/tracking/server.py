@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from segrepro.errors import UserError
-from segrepro.tracking.mlflow_tracker import redact
+from segrepro.tracking.mlflow_tracker import redact, require_mlflow
 
 
 def default_backend_store(cwd: Path | None = None) -> str:
@@ -37,6 +37,7 @@ def server_command(host: str, port: int, backend_store_uri: str, artifacts_desti
 def serve(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: str | None = None,
           artifacts_destination: str | None = None, workers: int = 1) -> int:
     """Run the server in the foreground until Ctrl-C; returns its exit status."""
+    require_mlflow("segrepro ui")
     backend = backend_store_uri or default_backend_store()
     artifacts = artifacts_destination or default_artifacts()
     if artifacts.startswith("s3://") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL") and not os.environ.get("AWS_ENDPOINT_URL"):
