@@ -47,15 +47,17 @@ class MissingExtraError(UserError):
 
 
 def require_extra(extra: str, purpose: str, *modules: str, alternative: str = "") -> None:
-    """Import ``modules`` (the tracking and pipeline libraries are optional extras of the package) or raise
-    :class:`MissingExtraError` naming ``segrepro[<extra>]`` (and ``alternative``), before any work starts."""
-    import importlib
+    """Raise :class:`MissingExtraError` naming ``segrepro[<extra>]`` (and ``alternative``) unless ``modules`` are
+    installed: the tracking and pipeline libraries are optional extras, checked before any work starts."""
+    from importlib.util import find_spec
 
     for name in modules:
         try:
-            importlib.import_module(name)
-        except ImportError:
+            missing = find_spec(name) is None
+        except (ImportError, ValueError):  # a missing parent package, or a module blocked in sys.modules
+            missing = True
+        if missing:
             raise MissingExtraError(
                 f"{purpose} needs {name}, which is not installed; install it with pip install 'segrepro[{extra}]'"
                 + (f" or {alternative}" if alternative else "")
-            ) from None
+            )
