@@ -117,7 +117,7 @@ def train(
     from segrepro.data.transforms import build_eval_transforms, build_train_transforms
     from segrepro.data.validate import default_prepared_dir
     from segrepro.engine import objectives
-    from segrepro.engine.distributed import cleanup, init_distributed
+    from segrepro.engine.distributed import cleanup, init_distributed, lost_peer
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
@@ -193,6 +193,11 @@ def train(
             atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
         status = "FINISHED"
         return summary
+    except RuntimeError as err:
+        lost = lost_peer(err, dist)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if tracker is not None:
             tracker.end(status)

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from segrepro.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,6 +43,27 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     return DistInfo(rank, world, local, dev)
+
+
+class PeerLost(UserError):
+    """Another process of the job stopped (a lost node or a crashed rank): this one stops too, with a clear line,
+    instead of a backend traceback; torchrun then fails the job, and a retried task resumes from the checkpoint."""
+
+
+def lost_peer(err: BaseException, info: DistInfo) -> PeerLost | None:
+    """``err`` as a :class:`PeerLost` when it is a collective failing on a vanished peer, else None.
+
+    gloo raises a plain RuntimeError naming its transport ("Connection reset by peer"); NCCL and the c10d
+    store raise ``torch.distributed.DistError`` subclasses.
+    """
+    text = str(err)
+    if not info.distributed or not (isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text):
+        return None
+    first = text.splitlines()[0] if text else type(err).__name__
+    return PeerLost(
+        f"rank {info.rank} of {info.world_size}: another process of the job is gone ({first[:200]}); "
+        "check the other nodes' logs; the job's retry resumes from the last checkpoint"
+    )
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
