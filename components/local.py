@@ -17,9 +17,9 @@ def prepare(data_root: str, name: str, dataset: Output[Dataset]):
     """Copy the raw dataset ``<data_root>/<name>`` into the artifact, then write the prepared data beside it."""
     from pathlib import Path
 
+    from segrepro.data import prepare_dataset
     from segrepro_components import DATASET_SUBDIR
     from segrepro_pipelines.data import fetch_data
-    from segrepro.data import prepare_dataset
 
     root = fetch_data(f"{data_root.rstrip('/')}/{name}", Path(dataset.path) / DATASET_SUBDIR)
     prepare_dataset(name, root)
@@ -32,8 +32,8 @@ def train(method: str, recipe: str, gpus: int, dataset: Input[Dataset], model: O
     previous stage's run folder, for a multi-stage recipe (init_from)."""
     from pathlib import Path
 
-    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
+    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
 
     start = Path(init.path) / MODEL_FILE if init is not None else None
     stages.train(method, recipe or None, Path(dataset.path) / DATASET_SUBDIR, Path(model.path), resume=True,
@@ -46,9 +46,9 @@ def evaluate(method: str, dataset: Input[Dataset], model: Input[Model], results:
     import shutil
     from pathlib import Path
 
+    from segrepro import stages
     from segrepro_components import DATASET_SUBDIR, MODEL_FILE
     from segrepro_pipelines.data import TRAIN_FILES
-    from segrepro import stages
 
     out = Path(results.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,8 +64,8 @@ def submit(method: str, dataset: Input[Dataset], model: Input[Model], submission
     """Build the test-server zip."""
     from pathlib import Path
 
-    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
     from segrepro import stages
+    from segrepro_components import DATASET_SUBDIR, MODEL_FILE
 
     trained = stages.TrainedModel(method, Path(model.path) / MODEL_FILE)
     stages.submit_build(trained, Path(dataset.path) / DATASET_SUBDIR, Path(submission.path))

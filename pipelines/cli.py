@@ -9,7 +9,6 @@ kfp and the rest load when a command runs, after a check that names the extra to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -32,7 +31,8 @@ def pipeline_compile(
     node_selector: list[str] = typer.Option([], "--node-selector", help="GPU node label KEY=VALUE (repeatable)."),
     toleration: list[str] = typer.Option([], "--toleration",
                                          help="key=K,operator=Exists|Equal[,value=V],effect=E (repeatable)."),
-    accelerator: str = typer.Option("nvidia.com/gpu", "--accelerator", help="Accelerator resource the GPU tasks request."),
+    accelerator: str = typer.Option("nvidia.com/gpu", "--accelerator",
+                                    help="Accelerator resource the GPU tasks request."),
     train_cpu: str = typer.Option("16", "--train-cpu", help="CPU request of a training task."),
     train_memory: str = typer.Option("64G", "--train-memory", help="Memory request of a training task."),
     train_retries: int = typer.Option(2, "--train-retries", help="Retries of a failed training task (it resumes)."),
@@ -57,13 +57,13 @@ def pipeline_compile(
 def pipeline_submit(
     host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888."),
     package: Path = typer.Option(Path("pipeline.yaml"), "--package", help="Compiled pipeline YAML."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per training task (torchrun processes per node)."),
-    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=">1 trains through a Kubeflow Trainer TrainJob."),
-    image: Optional[str] = typer.Option(None, "--image", help="segrepro image every task runs."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder (PVC path or s3:// URI) holding one "
+    gpus: int | None = typer.Option(None, "--gpus", help="GPUs per training task (torchrun processes per node)."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", help=">1 trains through a Kubeflow Trainer TrainJob."),
+    image: str | None = typer.Option(None, "--image", help="segrepro image every task runs."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Folder (PVC path or s3:// URI) holding one "
                                             "root per dataset: <data-root>/cityscapes, .../ade20k, ..."),
     experiment: str = typer.Option("segrepro", "--experiment", help="KFP experiment name."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
+    namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
 ) -> None:
     """Start a run of the compiled pipeline (its benchmark rows are fixed at compile time) on a KFP endpoint."""
     _require_kfp("submit")

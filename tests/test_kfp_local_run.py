@@ -20,9 +20,9 @@ def test_local_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     import kfp.local
     import mlflow
 
+    from segrepro.data import synth_dataset
     from segrepro_components import DATASET_SUBDIR
     from segrepro_pipelines.cityscapes_benchmark import local_pipeline
-    from segrepro.data import synth_dataset
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["benchmark"] = ROWS

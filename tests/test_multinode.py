@@ -95,7 +95,8 @@ def test_trainjob_command_reads_the_runtime_env() -> None:
 
     cmd = train_command(METHOD, RECIPE, 4, "/data", "/out")
     assert cmd[0] == "torchrun" and "--standalone" not in cmd
-    assert not {"--nnodes", "--node-rank", "--node_rank", "--master-addr", "--master-port", "--rdzv-endpoint"} & set(cmd)
+    spelled = {"--nnodes", "--node-rank", "--node_rank", "--master-addr", "--master-port", "--rdzv-endpoint"}
+    assert not spelled & set(cmd)
     env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "10.0.0.7", "PET_MASTER_PORT": "29400",
            "PET_NPROC_PER_NODE": "4"}
     saved = {k: os.environ.get(k) for k in env}
