@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from segrepro.engine.distributed import TIMEOUT_ENV
 from segrepro_pipelines.trainjob import train_command
 from test_engine_train import FAST, REPO, _env, _losses, _weights, cityscapes  # noqa: F401  (cityscapes: fixture)
 from tests.servers import free_port, mlflow_server
@@ -50,9 +51,9 @@ def _node_env(base: dict[str, str], rank: int, port: int) -> dict[str, str]:
     return env
 
 
-def _kill_node(agent: int) -> None:
-    """SIGKILL a node's torchrun agent and its workers, as a lost pod: torchrun starts each worker in a session
-    of its own, so killing the agent's process group would leave them running."""
+def _signal_node(agent: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal a node's torchrun agent and its workers (SIGKILL: a lost pod): torchrun starts each worker in a
+    session of its own, so signalling the agent's process group would miss them."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -66,7 +67,7 @@ def _kill_node(agent: int) -> None:
         frontier += [child for child, parent in parents.items() if parent == pid]
     for pid in tree:
         with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
 
 
 @contextmanager
@@ -84,7 +85,7 @@ def _two_nodes(base: dict[str, str], data: Path, nodes: tuple[Path, Path]) -> It
         yield procs
     finally:
         for proc in procs:
-            _kill_node(proc.pid)
+            _signal_node(proc.pid)
             proc.wait()
 
 
@@ -153,19 +154,21 @@ def test_two_nodes_train_like_one_process(cityscapes: Path, tmp_path: Path) -> N
         assert sorted(r.data.tags["world_size"] for r in runs) == ["1", "2"]  # one run per training, not per rank
 
 
-def test_a_dead_node_fails_the_job(cityscapes: Path, tmp_path: Path) -> None:  # noqa: F811
-    """Node 1 killed mid-run: node 0 exits non-zero on its own (no hang until a 30-minute timeout), saying why."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "hangs"])
+def test_a_lost_node_fails_the_job(cityscapes: Path, tmp_path: Path, sig: signal.Signals) -> None:  # noqa: F811
+    """Node 1 killed (its connections close) or frozen (they stay open) mid-run: node 0 exits non-zero on its
+    own, saying why, at once or after the collective timeout the job sets, never waiting for node 1 forever."""
     nodes = (tmp_path / "node0", tmp_path / "node1")
     for node in nodes:
-        _params(node, iterations=10_000)  # far more than can run before the kill
-    base = _env(tmp_path)
+        _params(node, iterations=10_000)  # far more than can run before node 1 goes
+    base = {**_env(tmp_path), TIMEOUT_ENV: "60"}  # the frozen case's bound; the default is 30 minutes
     with _two_nodes(base, cityscapes, nodes) as (node0, node1):
         checkpoint = nodes[0] / "run" / "checkpoints" / "iter_00000002.pt"
         deadline = time.monotonic() + NODE_TIMEOUT_S
         while not checkpoint.exists() and node0.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert checkpoint.exists(), (nodes[0] / "node.log").read_text()[-3000:]
-        _kill_node(node1.pid)
+        _signal_node(node1.pid, sig)
         code = node0.wait(timeout=NODE_TIMEOUT_S)
     log = (nodes[0] / "node.log").read_text()
     assert code != 0, log[-3000:]

@@ -29,9 +29,28 @@ class DistInfo:
         return self.world_size > 1
 
 
+# How long a collective waits for the other ranks before this rank fails. A dead peer's closed connection fails
+# at once; this bounds a peer that hangs or a node that vanishes without closing its connections.
+TIMEOUT_ENV = "SEGREPRO_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0  # rank 0's checkpoint writes stall the others meanwhile
+
+
+def collective_timeout() -> timedelta:
+    """``$SEGREPRO_DIST_TIMEOUT_S`` seconds (default 30 minutes); a bad value is a one-line error."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout in seconds, e.g. {TIMEOUT_ENV}=600")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    timeout = collective_timeout() if world > 1 else None
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -41,7 +60,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(rank, world, local, dev)
 
 
@@ -61,7 +80,8 @@ def lost_peer(err: BaseException, info: DistInfo) -> PeerLost | None:
         return None
     first = text.splitlines()[0] if text else type(err).__name__
     return PeerLost(
-        f"rank {info.rank} of {info.world_size}: another process of the job is gone ({first[:200]}); "
+        f"rank {info.rank} of {info.world_size}: another process of the job is gone or stopped answering "
+        f"({first[:200]}); "
         "check the other nodes' logs; the job's retry resumes from the last checkpoint"
     )
 
