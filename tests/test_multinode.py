@@ -115,6 +115,19 @@ def test_trainjob_command_reads_the_runtime_env() -> None:
     assert args.no_python and args.training_script == "segrepro" and args.training_script_args[0] == "train"
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
+def test_bad_collective_timeout_is_one_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from segrepro.engine.distributed import collective_timeout
+    from segrepro.errors import UserError
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(UserError, match=f"{TIMEOUT_ENV}=.*in seconds") as err:
+        collective_timeout()
+    assert err.value.exit_code == 2
+    monkeypatch.setenv(TIMEOUT_ENV, "90")
+    assert collective_timeout().total_seconds() == 90
+
+
 def test_two_nodes_train_like_one_process(cityscapes: Path, tmp_path: Path) -> None:  # noqa: F811
     """Same global batch (2 nodes x 2 images vs 1 process accumulating 2 x 2): the same parameters; one
     checkpoint folder and one MLflow run, both from rank 0."""
