@@ -14,8 +14,9 @@ import typer
 
 from segrepro.errors import require_extra
 
-app = typer.Typer(help="Kubeflow Pipelines: compile and submit cityscapes_benchmark; helpers its steps run.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Kubeflow Pipelines: compile and submit cityscapes_benchmark; helpers its steps run.", no_args_is_help=True
+)
 
 
 def _require_kfp(command: str) -> None:
@@ -29,10 +30,12 @@ def pipeline_compile(
     pvc: str = typer.Option("segrepro-data", "--pvc", help="PVC (ReadWriteMany for multi-node) holding data and runs."),
     mount_path: str = typer.Option("/mnt/segrepro", "--mount-path", help="Where every task mounts the PVC."),
     node_selector: list[str] = typer.Option([], "--node-selector", help="GPU node label KEY=VALUE (repeatable)."),
-    toleration: list[str] = typer.Option([], "--toleration",
-                                         help="key=K,operator=Exists|Equal[,value=V],effect=E (repeatable)."),
-    accelerator: str = typer.Option("nvidia.com/gpu", "--accelerator",
-                                    help="Accelerator resource the GPU tasks request."),
+    toleration: list[str] = typer.Option(
+        [], "--toleration", help="key=K,operator=Exists|Equal[,value=V],effect=E (repeatable)."
+    ),
+    accelerator: str = typer.Option(
+        "nvidia.com/gpu", "--accelerator", help="Accelerator resource the GPU tasks request."
+    ),
     train_cpu: str = typer.Option("16", "--train-cpu", help="CPU request of a training task."),
     train_memory: str = typer.Option("64G", "--train-memory", help="Memory request of a training task."),
     train_retries: int = typer.Option(2, "--train-retries", help="Retries of a failed training task (it resumes)."),
@@ -45,10 +48,16 @@ def pipeline_compile(
     from segrepro_pipelines.cluster import ClusterConfig, parse_pairs, parse_toleration
 
     cluster = ClusterConfig(
-        pvc_name=pvc, mount_path=mount_path, accelerator=accelerator, train_cpu=train_cpu,
-        train_memory=train_memory, train_retries=train_retries,
+        pvc_name=pvc,
+        mount_path=mount_path,
+        accelerator=accelerator,
+        train_cpu=train_cpu,
+        train_memory=train_memory,
+        train_retries=train_retries,
         node_selector=parse_pairs(node_selector, "--node-selector"),
-        tolerations=[parse_toleration(t) for t in toleration], mlflow_secret=mlflow_secret, s3_secret=s3_secret,
+        tolerations=[parse_toleration(t) for t in toleration],
+        mlflow_secret=mlflow_secret,
+        s3_secret=s3_secret,
     )
     typer.echo(f"pipeline written to {compile_pipeline(out, cluster, params)}")
 
@@ -60,8 +69,11 @@ def pipeline_submit(
     gpus: int | None = typer.Option(None, "--gpus", help="GPUs per training task (torchrun processes per node)."),
     num_nodes: int | None = typer.Option(None, "--num-nodes", help=">1 trains through a Kubeflow Trainer TrainJob."),
     image: str | None = typer.Option(None, "--image", help="segrepro image every task runs."),
-    data_root: str | None = typer.Option(None, "--data-root", help="Folder (PVC path or s3:// URI) holding one "
-                                            "root per dataset: <data-root>/cityscapes, .../ade20k, ..."),
+    data_root: str | None = typer.Option(
+        None,
+        "--data-root",
+        help="Folder (PVC path or s3:// URI) holding one root per dataset: <data-root>/cityscapes, .../ade20k, ...",
+    ),
     experiment: str = typer.Option("segrepro", "--experiment", help="KFP experiment name."),
     namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
 ) -> None:

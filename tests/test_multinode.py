@@ -46,8 +46,15 @@ def _node_env(base: dict[str, str], rank: int, port: int) -> dict[str, str]:
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # torchrun, segrepro of this env
-    env.update({"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1",
-                "PET_MASTER_PORT": str(port), "PET_NPROC_PER_NODE": "1"})
+    env.update(
+        {
+            "PET_NNODES": "2",
+            "PET_NODE_RANK": str(rank),
+            "PET_MASTER_ADDR": "127.0.0.1",
+            "PET_MASTER_PORT": str(port),
+            "PET_NPROC_PER_NODE": "1",
+        }
+    )
     return env
 
 
@@ -78,8 +85,16 @@ def _two_nodes(base: dict[str, str], data: Path, nodes: tuple[Path, Path]) -> It
     procs = []
     for rank, node in enumerate(nodes):
         log = (node / "node.log").open("w")
-        procs.append(subprocess.Popen(cmd, cwd=node, env=_node_env(base, rank, port), stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=node,
+                env=_node_env(base, rank, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
     try:
         yield procs
@@ -98,8 +113,13 @@ def test_trainjob_command_reads_the_runtime_env() -> None:
     assert cmd[0] == "torchrun" and "--standalone" not in cmd
     spelled = {"--nnodes", "--node-rank", "--node_rank", "--master-addr", "--master-port", "--rdzv-endpoint"}
     assert not spelled & set(cmd)
-    env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "10.0.0.7", "PET_MASTER_PORT": "29400",
-           "PET_NPROC_PER_NODE": "4"}
+    env = {
+        "PET_NNODES": "2",
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": "10.0.0.7",
+        "PET_MASTER_PORT": "29400",
+        "PET_NPROC_PER_NODE": "4",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -140,9 +160,15 @@ def test_two_nodes_train_like_one_process(cityscapes: Path, tmp_path: Path) -> N
     with mlflow_server(tmp_path / "mlflow") as url:
         base = _env(tmp_path, tracking=url)
         segrepro_part = train_command(METHOD, RECIPE, 1, str(cityscapes), "run")
-        segrepro_part = segrepro_part[segrepro_part.index("--no-python") + 1:]
-        res = subprocess.run(segrepro_part, cwd=single, env={**base, "PATH": _node_env(base, 0, 0)["PATH"]},
-                             capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+        segrepro_part = segrepro_part[segrepro_part.index("--no-python") + 1 :]
+        res = subprocess.run(
+            segrepro_part,
+            cwd=single,
+            env={**base, "PATH": _node_env(base, 0, 0)["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT_S,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         with _two_nodes(base, cityscapes, nodes) as procs:
             codes = [proc.wait(timeout=NODE_TIMEOUT_S) for proc in procs]

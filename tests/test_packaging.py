@@ -34,8 +34,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("src", "pipelines", "components"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
-                          "-w", str(out)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (built,) = out.glob("segrepro-*.whl")
     return built
@@ -44,8 +48,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target",
-                          str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-compile",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return target
 
@@ -53,8 +72,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _python(site: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh interpreter that imports segrepro from ``site`` (the repo is not on its path)."""
     env = {**os.environ, "PYTHONPATH": str(site), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _metadata(wheel: Path) -> tuple[email.message.Message, str]:
@@ -99,41 +119,56 @@ def test_core_requirements_leave_tracking_and_kubeflow_to_extras(wheel: Path) ->
 
 
 def test_installed_core_imports_no_optional_library(installed: Path, tmp_path: Path) -> None:
-    res = _python(installed, f"""
+    res = _python(
+        installed,
+        f"""
         import sys
         import segrepro.models, segrepro.data, segrepro.engine, segrepro.evaluation, segrepro.cli
         assert segrepro.models.__file__.startswith({str(installed)!r}), segrepro.models.__file__
         loaded = {sorted(OPTIONAL_MODULES)!r}
         assert not set(loaded) & set(sys.modules), sorted(set(loaded) & set(sys.modules))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_installed_kubeflow_layer_is_reached_through_the_cli(installed: Path, tmp_path: Path) -> None:
     """The `pipeline` group comes from the entry point; components build their command lines from it."""
-    res = _python(installed, f"""
+    res = _python(
+        installed,
+        f"""
         import segrepro_components, segrepro_pipelines.cli
         from segrepro_components.cli_args import segrepro_args
         assert segrepro_pipelines.cli.__file__.startswith({str(installed)!r}), segrepro_pipelines.cli.__file__
         print(segrepro_args(["pipeline", "fetch"], "s3://bucket/cityscapes", "/tmp/dst"))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "['segrepro', 'pipeline', 'fetch', 's3://bucket/cityscapes', '/tmp/dst']" in res.stdout
 
 
-@pytest.mark.parametrize(("argv", "extra"), [
-    (["train", "--method", "ann"], "pipeline"),
-    (["pipeline", "compile", "--out", "p.yaml"], "kubeflow"),
-])
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["train", "--method", "ann"], "pipeline"),
+        (["pipeline", "compile", "--out", "p.yaml"], "kubeflow"),
+    ],
+)
 def test_missing_extra_is_one_error_line(installed: Path, tmp_path: Path, argv: list[str], extra: str) -> None:
     """Without the optional libraries (blocked in sys.modules), a command that needs one names the extra."""
-    res = _python(installed, f"""
+    res = _python(
+        installed,
+        f"""
         import sys
         for name in {sorted(OPTIONAL_MODULES)!r}:
             sys.modules[name] = None  # what an environment without them gives: ImportError
         from segrepro.cli import main
         main({argv + ["--params", str(REPO / "params.yaml")] if argv[0] == "train" else argv!r})
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"pip install 'segrepro[{extra}]'" in lines[0], lines

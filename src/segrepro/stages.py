@@ -121,8 +121,13 @@ def train(
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
-    from segrepro.tracking.mlflow_tracker import (MlflowTracker, dvc_data_hash, environment_tags, git_state,
-                                                  require_mlflow)
+    from segrepro.tracking.mlflow_tracker import (
+        MlflowTracker,
+        dvc_data_hash,
+        environment_tags,
+        git_state,
+        require_mlflow,
+    )
 
     require_mlflow("training (one MLflow run per training)")  # on every rank, before the process group forms
     params, cfg = resolved_config(method, recipe, overrides, params_path)
@@ -226,8 +231,8 @@ def leaderboard(
     """Collect the run folders of ``methods`` (default: the params.yaml ``benchmark:`` rows, runs/<row>) into
     the leaderboard files; log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
     from segrepro.tracking.leaderboard import build_leaderboard, write_outputs
-    from segrepro.tracking.paper_results import paper_index
     from segrepro.tracking.mlflow_tracker import require_mlflow
+    from segrepro.tracking.paper_results import paper_index
     from segrepro.tracking.registry import log_leaderboard, mlflow_run_info
 
     if log_mlflow:
@@ -409,7 +414,13 @@ def predict(
     from segrepro.data.transforms import build_eval_transforms
     from segrepro.evaluation.inference import resolve_protocol
     from segrepro.evaluation.predict_images import (
-        SSL_QUERY_COLOURS, SSL_SIZE, ImagePredictor, Outputs, collect_inputs, parse_formats, predict_images,
+        SSL_QUERY_COLOURS,
+        SSL_SIZE,
+        ImagePredictor,
+        Outputs,
+        collect_inputs,
+        parse_formats,
+        predict_images,
     )
 
     if not 0.0 <= alpha <= 1.0:
@@ -508,13 +519,18 @@ def evaluate(
     track: bool = True,
 ) -> dict[str, Any]:
     """Run a protocol over a split, write metrics.json / per-class CSV / plots, log an MLflow eval run."""
-    from segrepro.evaluation.inference import resolve_protocol
-    from segrepro.evaluation.report import log_report, write_report
-    from segrepro.evaluation.predict import run_evaluation
     from segrepro.data import get_dataset
     from segrepro.data.manifest import sha256_file
-    from segrepro.tracking.mlflow_tracker import (MlflowTracker, dvc_data_hash, environment_tags, git_state,
-                                                  require_mlflow)
+    from segrepro.evaluation.inference import resolve_protocol
+    from segrepro.evaluation.predict import run_evaluation
+    from segrepro.evaluation.report import log_report, write_report
+    from segrepro.tracking.mlflow_tracker import (
+        MlflowTracker,
+        dvc_data_hash,
+        environment_tags,
+        git_state,
+        require_mlflow,
+    )
 
     if track:
         require_mlflow("the evaluation's MLflow run", optional=True)
@@ -664,7 +680,6 @@ def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: s
     """
     from segrepro.submission.build import PREDICTION_SUFFIX, prediction_name, write_archive
     from segrepro.submission.validate import split_images
-
     from segrepro.tracking.mlflow_tracker import require_mlflow
 
     if track:
@@ -710,7 +725,6 @@ def submit_build(
     import shutil
 
     from segrepro.submission.build import staging_dir
-
     from segrepro.tracking.mlflow_tracker import require_mlflow
 
     if track:  # before the predictions, not after them

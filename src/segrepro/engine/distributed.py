@@ -43,8 +43,9 @@ def collective_timeout() -> timedelta:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
-        raise UserError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout in seconds, e.g. {TIMEOUT_ENV}=600",
-                        exit_code=2)
+        raise UserError(
+            f"{TIMEOUT_ENV}={text!r}: give the collective timeout in seconds, e.g. {TIMEOUT_ENV}=600", exit_code=2
+        )
     return timedelta(seconds=seconds)
 
 
