@@ -35,7 +35,7 @@ def bench_train(cfg: Recipe, device: str = "cpu", iterations: int = 5, warmup: i
     model = build(cfg.method, variant=cfg.variant, num_classes=cfg.model_num_classes()).to(dev).train()
     amp = dev.type == "cuda" and cfg.amp == "bf16"
     if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from the stubs
         torch.cuda.reset_peak_memory_stats(dev)
     g = torch.Generator().manual_seed(0)
     if cfg.self_supervised:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ def train(
     if device.type == "cuda":
         if dist.distributed:
             model = convert_sync_norm(model)
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from the stubs
     objective = make_objective(model)
     optimizer = objective.optimizer
     for extra in objective.modules:
@@ -156,7 +156,7 @@ def train(
             for a in range(accum):
                 batch = next(batches)
                 torch.manual_seed(_micro_seed(seed, it, a * dist.world_size + dist.rank))
-                sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else net.no_sync()
+                sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else cast(DDP, net).no_sync()
                 with sync:
                     with _autocast(device, amp):
                         loss, parts = objective.loss(net, batch, device)

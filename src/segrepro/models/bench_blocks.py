@@ -63,7 +63,7 @@ def build_block(name: str, ch: Channels, part: str = "full") -> nn.Module:
     """One of :data:`BLOCKS`, in eval mode; the non-local ones swap in :class:`NonLocalAttention`.
     ``part="attention"``: only the attention (projections, affinity, W), without the concat + fuse conv."""
     if name in ("apnb", "nonlocal"):
-        block: nn.Module = APNB(ch.channels, ch.key, ch.value)
+        block: APNB | AFNB = APNB(ch.channels, ch.key, ch.value)
         if name == "nonlocal":
             block.stages[0] = NonLocalAttention(ch.channels, ch.channels, ch.key, ch.value, ch.channels,
                                                 share_query_key=True)

@@ -266,7 +266,8 @@ def load_backbone(model: nn.Module, path: str | os.PathLike[str], source: str) -
     :class:`MissingWeightsError` when the file is absent and :class:`UserError` when it does not fit.
     """
     depth_blocks = resnet_depth(backbone_state(model)[1]) if source != "dino" else ()
-    depth = {v: k for k, v in DEPTHS.items()}.get(depth_blocks)
+    by_blocks: dict[tuple[int, ...], int] = {v: k for k, v in DEPTHS.items()}
+    depth = by_blocks.get(depth_blocks)
     file = resolve_path(path, source, depth)
     converted = convert_for(model, read_state_dict(file), source, file)
     state = model.state_dict()
