@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput, wants
 
 OUTPUT_STRIDE = 8
 # ``build(..., pretrained=)`` file layout for both methods: the repository's ``resnet{50,101}-deep.pth``
@@ -79,7 +79,8 @@ class ContextNet(ResNet):
     """Backbone keys at the top level (the manifests' layout), then ``head`` and ``dsn``.
 
     ``forward`` adapts the official ``[main]`` (eval) / ``[main, dsn]`` (train) lists into
-    :class:`SegOutput`: ``main`` at stride 8, ``aux["dsn"]`` at stride 8 in train mode only.
+    :class:`SegOutput`: ``main`` at stride 8, ``aux["dsn"]`` at stride 8 in train mode only (and only when
+    ``outputs`` asks for it).
     """
 
     def __init__(
@@ -103,10 +104,10 @@ class ContextNet(ResNet):
         self.head = ContextHead(c4, head_channels, num_classes, block_name, make_block(head_channels))
         self.dsn = dsn_classifier(c3, dsn_channels, num_classes, relu=dsn_relu)
 
-    def forward(self, x: Tensor) -> SegOutput:  # type: ignore[override]
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:  # type: ignore[override]
         _, _, c3, c4 = self.forward_stages(x)
         main = self.head(c4)
-        if not self.training:
+        if not self.training or not wants(outputs, "dsn"):
             return SegOutput(main, OUTPUT_STRIDE)
         return SegOutput(main, OUTPUT_STRIDE, aux={"dsn": self.dsn(c3)}, aux_strides={"dsn": OUTPUT_STRIDE})
 
