@@ -73,7 +73,7 @@ class ACFNet(ResNet):
         self.auxlayer = FCNHead(c3, num_classes)
         self.dsn = nn.Sequential(
             *conv_abn_relu(feat, coarse_channels), nn.Dropout2d(0.5),
-            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1), abn(coarse_channels), nn.ReLU(),
+            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1), abn(coarse_channels), nn.ReLU(inplace=True),
             nn.Dropout2d(0.1), nn.Conv2d(coarse_channels, num_classes, 1),
         )
         self.acfhead = ACFHead(feat, acf_channels)

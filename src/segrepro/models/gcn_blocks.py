@@ -38,7 +38,8 @@ VARIANT_CONFIGS: dict[str, dict] = {
 def conv_bn_relu(cin: int, cout: int, kernel_size: int = 3) -> nn.Sequential:
     """Keys ``0`` (conv, no bias) and ``1`` (BN), as in the official ``conva``/``convb``."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -57,7 +58,7 @@ class ContextHead(nn.Module):
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, num_classes, 1),
         )
 
@@ -70,7 +71,7 @@ def dsn_classifier(in_channels: int, channels: int, num_classes: int, relu: bool
     """layer3 aux classifier: conv3×3 (+b) → BN → [ReLU] → Dropout2d(0.1) → conv1×1 (+b)."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels)]
     if relu:
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU(inplace=True))
     layers += [nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1)]
     return nn.Sequential(*layers)
 
