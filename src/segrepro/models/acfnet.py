@@ -40,8 +40,8 @@ class ACFNet(ResNet):
     * ``main`` = ``fine + coarse``, the fusion the official sliding-window evaluation averages.
     * ``aux["fine"]`` = the fine head's logits (official ``outs[0]``, the OHEM-CE term, weight 0.7),
       ``aux["coarse"]`` = the coarse head's logits (``outs[1]``, CE 0.6, also the ACF's class input),
-      ``aux["fcn"]`` = the layer3 FCN aux logits (``outs[2]``, CE 0.4); ``outputs`` leaves out any of
-      them, the FCN head is then not run.
+      ``aux["fcn"]`` = the layer3 FCN aux logits (``outs[2]``, CE 0.4). Those ``outputs`` leaves out are
+      not returned (and without ``fcn`` the FCN head does not run).
 
     Official bug fixed, not copied: the training loss crashes because its Lovász term is computed on the
     **stride-8** ``pre_out + coarse_x`` against full-resolution labels (``IndexError`` in

@@ -43,8 +43,9 @@ class AlignSeg(ResNet):
     Input: BGR, 0–255, minus :data:`BGR_MEAN`, no std division (official loaders).
 
     Output (train and eval, as the official ``[out, dsn]``): ``main = head(d5)`` and ``aux["dsn"] =
-    dsn(d3)``, both logits at stride 4, not upsampled (``dsn`` only when ``outputs`` asks for it). The backbone norm is InPlaceABN ``identity`` +
-    explicit ReLU; the head uses InPlaceABN with leaky ReLU 0.01 (scale ``|γ|+eps`` everywhere).
+    dsn(d3)``, both logits at stride 4, not upsampled (``dsn`` only when ``outputs`` asks for it). The
+    backbone norm is InPlaceABN ``identity`` + explicit ReLU; the head uses InPlaceABN with leaky ReLU 0.01
+    (scale ``|γ|+eps`` everywhere).
 
     Offset normalisation: by default the warp divides Δx by the sampled map's width and Δy by its
     height, as HEAD ``forward`` does (and the fixture). The released checkpoints came from the initial
