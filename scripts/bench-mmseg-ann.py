@@ -6,14 +6,16 @@ mmcv ≥ 2.2) next to the same torch as segrepro's, with this checkout's ``src``
 (``segrepro bench models --peer mmseg --peer-python VENV/bin/python`` does that):
 
     python -m venv /work/mmseg-venv
-    /work/mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine mmcv-lite==2.1.0 ftfy regex tqdm
+    /work/mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine mmcv-lite==2.1.0 \
+        ftfy regex tqdm
 
 mmcv-lite has no compiled ops. ``mmseg.utils`` imports ``mmcv.ops.point_sample`` at import time although
 ANN never calls an op of it, so ``mmcv.ops`` is replaced by a stub whose names are empty classes: any
 model that really needs a compiled op fails when it is built or run, ANN does not.
 
 Both models: random init (timing does not depend on the values), eval mode, ``no_grad``, batch 1,
-fp32, the same input (3×512×1024 by default), the same thread count. MMSeg's eval forward is
+the same input (3×512×1024 by default), the same thread count; fp32 on CPU, and with ``--device cuda``
+(a CUDA torch in that venv) bf16 autocast with ``channels_last``, as ``segrepro bench models`` measures. MMSeg's eval forward is
 ``EncoderDecoder.encode_decode`` (backbone, ANN decode head, bilinear resize to the input; its FCN
 auxiliary head is not run in eval); segrepro's is ``main_logits`` (the ``dsn`` head skipped), or the full
 forward with ``--segrepro-outputs all`` (the only choice for a checkout older than ``main_logits``).
@@ -25,6 +27,7 @@ uses: conv, matmul, bmm at 2 FLOPs per multiply-add; GMAC = FLOPs / 2). Prints o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,7 +56,7 @@ def stub_mmcv_ops() -> None:
     sys.modules["mmcv.ops"] = ops
 
 
-def mmseg_ann(size: tuple[int, int]) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def mmseg_ann(size: tuple[int, int]) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], str]:
     """MMSeg's ANN R101-D8 Cityscapes model (SyncBN → BN, no pretrained file) as ``x → logits``."""
     stub_mmcv_ops()
     import mmseg
@@ -69,18 +72,18 @@ def mmseg_ann(size: tuple[int, int]) -> tuple[Callable[[torch.Tensor], torch.Ten
         cfg.model[part].norm_cfg = bn
     model = MODELS.build(cfg.model).eval()
     metas = [{"img_shape": size, "ori_shape": size, "pad_shape": size}]
-    return (lambda x: model.encode_decode(x, metas)), f"mmsegmentation {mmseg.__version__}"
+    return model, (lambda x: model.encode_decode(x, metas)), f"mmsegmentation {mmseg.__version__}"
 
 
-def segrepro_ann(outputs: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def segrepro_ann(outputs: str) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], str]:
     from segrepro.models import build
 
     model = build("ann", variant="r101").eval()
     if outputs == "main":
         from segrepro.models.outputs import main_logits
 
-        return (lambda x: main_logits(model, x)), "segrepro (main output)"
-    return (lambda x: model(x).main), "segrepro (all outputs)"
+        return model, (lambda x: main_logits(model, x)), "segrepro (main output)"
+    return model, (lambda x: model(x).main), "segrepro (all outputs)"
 
 
 def cpu_name() -> str:
@@ -96,6 +99,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", default="512x1024", help="HxW of the input")
     parser.add_argument("--segrepro-outputs", choices=("main", "all"), default="main")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
@@ -105,30 +109,43 @@ def main() -> int:
     if args.repeats < 1 or args.threads < 1:
         print("error: --repeats and --threads must be at least 1", file=sys.stderr)
         return 2
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is visible to this torch", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models = dict(mmseg=mmseg_ann((h, w)), segrepro=segrepro_ann(args.segrepro_outputs))
     x = torch.randn(1, 3, h, w)
+    if cuda:
+        for model, _, _ in models.values():
+            model.cuda().to(memory_format=torch.channels_last)
+        x = x.cuda().to(memory_format=torch.channels_last)
+    precision = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     gmac, times = {}, {name: [] for name in models}
-    with torch.no_grad():
-        for name, (forward, _) in models.items():
+    with torch.no_grad(), precision:
+        for name, (_, forward, _) in models.items():
             counter = FlopCounterMode(display=False)
             with counter:
                 forward(x)
             gmac[name] = counter.get_total_flops() / 2e9
         for r in range(args.repeats):
             for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                sync()
                 start = time.perf_counter()
-                models[name][0](x)
+                models[name][1](x)
+                sync()
                 times[name].append(time.perf_counter() - start)
     rows = {}
-    for name, (_, label) in models.items():
+    for name, (_, _, label) in models.items():
         s = statistics.median(times[name])
         rows[name] = {"label": label, "s": s, "gmac": gmac[name], "s_per_gmac": s / gmac[name], "runs_s": times[name]}
     ours, peer = rows["segrepro"], rows["mmseg"]
     report = {
         "machine": cpu_name(), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": args.threads, "input": f"1x3x{h}x{w}", "repeats": args.repeats,
+        "device": torch.cuda.get_device_name() + " bf16 channels_last" if cuda else "cpu fp32",
         "load_average_1min": os.getloadavg()[0], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": rows, "ratio_s": ours["s"] / peer["s"], "ratio_s_per_gmac": ours["s_per_gmac"] / peer["s_per_gmac"],
     }
