@@ -15,8 +15,8 @@ model that really needs a compiled op fails when it is built or run, ANN does no
 
 Both models: random init (timing does not depend on the values), eval mode, ``no_grad``, batch 1,
 the same input (3×512×1024 by default), the same thread count; fp32 on CPU, and with ``--device cuda``
-(a CUDA torch in that venv) bf16 autocast with ``channels_last``, as ``segrepro bench models`` measures. MMSeg's eval forward is
-``EncoderDecoder.encode_decode`` (backbone, ANN decode head, bilinear resize to the input; its FCN
+(a CUDA torch in that venv) bf16 autocast with ``channels_last``, as ``segrepro bench models`` measures.
+MMSeg's eval forward is ``EncoderDecoder.encode_decode`` (backbone, ANN decode head, bilinear resize to the input; its FCN
 auxiliary head is not run in eval); segrepro's is ``main_logits`` (the ``dsn`` head skipped), or the full
 forward with ``--segrepro-outputs all`` (the only choice for a checkout older than ``main_logits``).
 Repetitions alternate between the models, the order flipping every round, after one untimed warm-up

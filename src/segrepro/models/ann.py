@@ -30,8 +30,8 @@ class ANN(nn.Module):
 
     Output (:class:`SegOutput`, identical in train and eval mode): ``main`` = class logits, ``aux["dsn"]``
     = the layer3 aux head's logits (not computed when ``outputs`` leaves it out), **both already bilinearly
-    upsampled (align_corners=True) to the input size, so stride 1**, as the official model returns them. The official ``(aux, main)`` tuple, aux first,
-    is adapted in :meth:`forward` only.
+    upsampled (align_corners=True) to the input size, so stride 1**, as the official model returns them. The
+    official ``(aux, main)`` tuple, aux first, is adapted in :meth:`forward` only.
 
     APNB's query projection is its key projection (one module under two names, as officially): a
     released checkpoint carries both ``f_key.*`` and ``f_query.*`` with equal values, and loading fills
