@@ -270,11 +270,13 @@ def bench_peer(peer: str, python: Path | None, repeats: int, threads: int) -> di
 
 
 def format_peer(report: dict, markdown: bool = False) -> str:
-    """The side-by-side rows (seconds, GMAC, ms/GMAC) and segrepro's ratios to the peer."""
-    rows = [(r["label"], r["s"], r["gmac"], r["s_per_gmac"] * 1e3) for r in report["rows"].values()]
-    cells = [["model", "eval forward s", "GMAC", "ms/GMAC"]]
+    """The side-by-side rows (median and fastest seconds, GMAC, ms/GMAC) and segrepro's ratios to the peer."""
+    rows = [(r["label"], r["s"], r["s_min"], r["gmac"], r["s_per_gmac"] * 1e3, r["s_per_gmac_min"] * 1e3)
+            for r in report["rows"].values()]
+    cells = [["model", "eval forward s", "fastest s", "GMAC", "ms/GMAC", "fastest ms/GMAC"]]
     cells += [[label] + [_cell(v) for v in vals] for label, *vals in rows]
-    cells.append(["segrepro / peer", f"{report['ratio_s']:.3f}", "", f"{report['ratio_s_per_gmac']:.3f}"])
+    cells.append(["segrepro / peer"] + [f"{report[k]:.3f}" if k else "" for k in
+                                        ("ratio_s", "ratio_s_min", "", "ratio_s_per_gmac", "ratio_s_per_gmac_min")])
     head = (f"{report['machine']} ({report['cpu_capability']}), torch {report['torch']}, {report['threads']} threads, "
             f"input {report['input']}, median of {report['repeats']}, load {report['load_average_1min']:.1f}, "
             f"{report['date']}")
