@@ -17,8 +17,9 @@ Both models: random init (timing does not depend on the values), eval mode, ``no
 the same input (3×512×1024 by default), the same thread count; fp32 on CPU, and with ``--device cuda``
 (a CUDA torch in that venv) bf16 autocast with ``channels_last``, as ``segrepro bench models`` measures.
 MMSeg's eval forward is ``EncoderDecoder.encode_decode`` (backbone, ANN decode head, bilinear resize to
-the input; its FCN auxiliary head is not run in eval); segrepro's is ``main_logits`` (the ``dsn`` head skipped), or the full
-forward with ``--segrepro-outputs all`` (the only choice for a checkout older than ``main_logits``).
+the input; its FCN auxiliary head is not run in eval); segrepro's is ``main_logits`` (the ``dsn`` head
+skipped), or the full forward with ``--segrepro-outputs all`` (the only choice for a checkout older than
+``main_logits``).
 Repetitions alternate between the models, the order flipping every round, after one untimed warm-up
 each that also counts the FLOPs (``torch.utils.flop_counter``, the counter ``segrepro bench models``
 uses: conv, matmul, bmm at 2 FLOPs per multiply-add; GMAC = FLOPs / 2). Prints one JSON object with the
