@@ -15,6 +15,7 @@ from segrepro.evaluation.inference import (
     tile_starts,
 )
 from segrepro.models import SegOutput, get_card
+from segrepro.models.outputs import Outputs
 
 
 def _official(method: str) -> dict:
@@ -24,7 +25,7 @@ def _official(method: str) -> dict:
 class ColumnNet(nn.Module):
     """Logits [local column index, 0]: the output depends on where the tile sits, so fusion is visible."""
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def forward(self, x: torch.Tensor, outputs: Outputs = None) -> SegOutput:
         n, _, h, w = x.shape
         col = torch.arange(w, dtype=torch.float32).expand(n, 1, h, w)
         return SegOutput(torch.cat([col, torch.zeros_like(col)], 1), 1)
@@ -38,7 +39,7 @@ class StridedNet(nn.Module):
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def forward(self, x: torch.Tensor, outputs: Outputs = None) -> SegOutput:
         return SegOutput(self.conv(x), 2)
 
 

@@ -1,6 +1,7 @@
 """Every registered (method, variant) honours the forward contract of :class:`SegOutput`.
 
-Tiny variants: train-mode forward + backward and eval forward on 2×3×64×64, train vs eval outputs.
+Tiny variants: train-mode forward + backward and eval forward on 2×3×64×64, train vs eval outputs, and the
+main-only forward (aux heads not run, the same ``main``).
 Official variants: build + eval forward at a small legal input (their train-mode head is the tiny one's
 code, and their numbers are checked against the official fixtures in each method's own test).
 """
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from segrepro.errors import UserError
-from segrepro.models import SegOutput, build, get_spec, list_methods, list_variants
+from segrepro.models import MAIN_ONLY, SegOutput, build, get_spec, list_methods, list_variants, main_logits
 
 CASES = [(m, v) for m in list_methods() for v in list_variants(m)]
 SIDE = 64  # every method accepts it (GALD resizes its stride-2 chains up; the ViT needs a multiple of 16)
@@ -92,3 +93,34 @@ def test_models_command_lists_every_registered_variant(capsys: pytest.CaptureFix
     assert exc.value.code in (0, None)
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
     assert rows == [[m, v] for m, v in CASES]
+
+
+# The heads that only aux outputs need, by method (GALD/DGCNet run ``dsn`` in train mode only).
+AUX_HEADS = {"alignseg": ("dsn",), "acfnet": ("auxlayer",), "gald": ("dsn",), "dgcnet": ("dsn",), "ann": ("dsn",),
+             "alignseg_ssl": ()}
+
+
+@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_main_only_forward_skips_aux_heads_and_keeps_main(method: str, mode: str) -> None:
+    torch.manual_seed(0)
+    model = build(method, variant="tiny").train(mode == "train")
+    heads = AUX_HEADS[method]
+    calls = dict.fromkeys(heads, 0)
+    for name in heads:
+        getattr(model, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    x = torch.randn(2, 3, SIDE, SIDE)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        full = model(x)
+        ran = dict(calls)
+        torch.manual_seed(1)
+        main = main_logits(model, x)
+        only = model(x, outputs=MAIN_ONLY)
+    assert calls == ran, f"main-only forward ran {[k for k in heads if calls[k] != ran[k]]}"
+    assert only.aux == {} and only.aux_strides == {}
+    if mode == "eval":  # train mode: dropout draws differ once a head is skipped
+        assert torch.equal(main, full.main)
+        assert torch.equal(only.main, full.main)
+    if mode == "train" and heads:
+        assert all(ran[k] == 1 for k in heads), "the full train forward runs every aux head"

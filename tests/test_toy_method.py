@@ -17,6 +17,7 @@ from segrepro.data import synth_dataset
 from segrepro.data.transforms import ScaleChoices, TrainAugment
 from segrepro.models import MethodCard, Protocol, SegOutput, register, register_card
 from segrepro.models import registry
+from segrepro.models.outputs import Outputs, wants
 
 PARAMS = {
     "benchmark": {"toy-demo": {"method": "toy", "recipe": "demo", "dataset": "cityscapes",
@@ -42,8 +43,10 @@ class Toy(nn.Module):
         self.head = nn.Conv2d(8, num_classes, 1)
         self.aux = nn.Conv2d(8, num_classes, 1)
 
-    def forward(self, x: Tensor) -> SegOutput:
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:
         f = torch.relu(self.stem(x))
+        if not wants(outputs, "aux"):
+            return SegOutput(self.head(f), 2)
         return SegOutput(self.head(f), 2, {"aux": self.aux(f)}, {"aux": 2})
 
 

@@ -499,14 +499,26 @@ def bench_models_cmd(
     repeats: int = typer.Option(3, "--repeats", help="Timed forwards per model after one warm-up (median reported)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and the machine as JSON here."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for docs/benchmarks.md)."),
+    peer: Optional[str] = typer.Option(None, "--peer", help="Side by side with a peer code base instead: mmseg "
+                                       "(its ANN R101-D8 against ours, eval forward at 512x1024, 2 threads)."),
+    peer_python: Optional[Path] = typer.Option(None, "--peer-python", help="Python of the venv holding the peer."),
 ) -> None:
-    """Parameters, FLOPs, CPU latency/peak memory and CUDA throughput per method and variant."""
+    """Parameters, FLOPs, CPU latency (and ms per GMAC)/peak memory and CUDA throughput per method and variant,
+    all of the eval forward's main output; or, with --peer, ANN against the peer's, per GMAC."""
     from segrepro.io import atomic_write_text
-    from segrepro.models.bench import bench_models, format_table, machine, to_json
+    from segrepro.models.bench import bench_models, bench_peer, format_peer, format_table, machine, to_json
 
     def split(value: Optional[str]) -> Optional[list[str]]:
         return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
+    if peer is not None:
+        import json
+
+        report = bench_peer(peer, peer_python, repeats, 2)
+        typer.echo(format_peer(report, markdown))
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+        return
     rows = bench_models(split(methods), split(variants), device, flops, latency, repeats)
     typer.echo(f"machine: {machine()}")
     typer.echo(format_table(rows, markdown))

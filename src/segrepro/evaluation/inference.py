@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from segrepro.errors import UserError
 from segrepro.models.card import Protocol, third_overlap_stride
+from segrepro.models.outputs import main_logits
 
 MS_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -86,9 +87,9 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def _forward(model: nn.Module, batch: Tensor, size: tuple[int, int]) -> Tensor:
-    """``main`` logits of a batch, float32, upsampled to ``size`` (bilinear, align_corners=True)."""
+    """``main`` logits of a batch (aux heads not run), float32, upsampled to ``size`` (bilinear, align_corners=True)."""
     with _autocast(batch.device):
-        logits = model(batch).main
+        logits = main_logits(model, batch)
     logits = logits.float()
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)

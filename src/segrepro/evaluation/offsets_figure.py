@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from segrepro.io import atomic_write_bytes
+from segrepro.models.outputs import main_logits
 
 
 @torch.no_grad()
@@ -26,7 +27,7 @@ def compute_offsets(model: nn.Module, image: Tensor) -> dict[str, dict[str, np.n
 
     model.eval()
     with record_offsets(model) as record:
-        model(image[None])
+        main_logits(model, image[None])
     height, width = image.shape[-2:]
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, fields in record.items():

@@ -23,6 +23,7 @@ from segrepro.data import cityscapes_labels
 from segrepro.evaluation.inference import Protocol, predict_classes
 from segrepro.evaluation.report import EvalReport
 from segrepro.io import atomic_write_bytes
+from segrepro.models.outputs import main_logits
 
 if TYPE_CHECKING:
     from segrepro.engine.recipe import Recipe
@@ -176,7 +177,7 @@ def _run_ssl(model: nn.Module, dataset: Dataset, dataset_name: str, names: list[
     hungarian: DatasetHungarianMIoU | None = None
     loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=_first)
     for sample in tqdm(loader, desc="evaluate (ssl)", unit="img"):
-        scores = model(sample["image"].to(device)[None]).main
+        scores = main_logits(model, sample["image"].to(device)[None])
         clusters = resize_nearest(scores.argmax(1)[0], sample["label"].shape[-1])
         if per_image is None:
             per_image = PerImageMajorityVoteMIoU(scores.shape[1])

@@ -30,6 +30,7 @@ from segrepro.errors import UserError
 from segrepro.evaluation.inference import Protocol, predict_classes
 from segrepro.evaluation.predict import overlay, save_prediction
 from segrepro.io import atomic_write_bytes
+from segrepro.models.outputs import main_logits
 
 FORMATS = ("overlay", "labelIds", "trainIds", "color")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -115,7 +116,7 @@ class ImagePredictor:
         if self.self_supervised:
             from segrepro.models.alignseg_ssl import full_labels
 
-            queries = full_labels(self.model(x[None]).main, tuple(x.shape[-2:]))[0]
+            queries = full_labels(main_logits(self.model, x[None]), tuple(x.shape[-2:]))[0]
             return resize_label(queries.cpu().numpy().astype(np.uint8), rgb.shape[:2])
         return predict_classes(self.model, x, self.protocol, self.tile_batch).cpu().numpy().astype(np.uint8)
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segrepro.evaluation.confusion import ConfusionMatrix, LabelConvention, SegScores
+from segrepro.models.outputs import main_logits
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def quick_validate(model: nn.Module, dataset: Dataset, num_classes: int, device:
     for batch in tqdm(loader, desc="val", leave=False):
         image = batch["image"].to(device)
         label = batch["label"].to(device)
-        logits = model(image).main
+        logits = main_logits(model, image)
         if logits.shape[-2:] != label.shape[-2:]:
             logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
         cm.update(logits.argmax(1), label)
@@ -41,7 +42,7 @@ def quick_validate_ssl(model: nn.Module, dataset: Dataset, device: torch.device)
     model.eval()
     metric = None
     for batch in tqdm(DataLoader(dataset, batch_size=1), desc="val", leave=False):
-        scores = model(batch["image"].to(device)).main
+        scores = main_logits(model, batch["image"].to(device))
         metric = metric or PerImageMajorityVoteMIoU(num_clusters=scores.shape[1])
         label = batch["label"]
         metric.update(eval_labels(scores, label.shape[-1]).cpu(), label)

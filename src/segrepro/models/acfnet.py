@@ -18,7 +18,7 @@ from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.acfnet_blocks import ASPP, ACFHead, FCNHead, abn, conv_abn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
 
 STRIDE = 8
@@ -40,7 +40,8 @@ class ACFNet(ResNet):
     * ``main`` = ``fine + coarse``, the fusion the official sliding-window evaluation averages.
     * ``aux["fine"]`` = the fine head's logits (official ``outs[0]``, the OHEM-CE term, weight 0.7),
       ``aux["coarse"]`` = the coarse head's logits (``outs[1]``, CE 0.6, also the ACF's class input),
-      ``aux["fcn"]`` = the layer3 FCN aux logits (``outs[2]``, CE 0.4).
+      ``aux["fcn"]`` = the layer3 FCN aux logits (``outs[2]``, CE 0.4). Those ``outputs`` leaves out are
+      not returned (and without ``fcn`` the FCN head does not run).
 
     Official bug fixed, not copied: the training loss crashes because its Lovász term is computed on the
     **stride-8** ``pre_out + coarse_x`` against full-resolution labels (``IndexError`` in
@@ -72,7 +73,7 @@ class ACFNet(ResNet):
         self.auxlayer = FCNHead(c3, num_classes)
         self.dsn = nn.Sequential(
             *conv_abn_relu(feat, coarse_channels), nn.Dropout2d(0.5),
-            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1), abn(coarse_channels), nn.ReLU(),
+            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1), abn(coarse_channels), nn.ReLU(inplace=True),
             nn.Dropout2d(0.1), nn.Conv2d(coarse_channels, num_classes, 1),
         )
         self.acfhead = ACFHead(feat, acf_channels)
@@ -83,14 +84,14 @@ class ACFNet(ResNet):
             nn.Conv2d(fine_channels, num_classes, 1),
         )
 
-    def forward(self, x: Tensor) -> SegOutput:
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:  # type: ignore[override]
         _, _, c3, c4 = self.forward_stages(x)
         feat = self.aspp(c4)
-        aux = self.auxlayer(c3)
+        aux = self.auxlayer(c3) if wants(outputs, "fcn") else None
         coarse = self.dsn(feat)
         fine = self.bottleneck(torch.cat([self.acfhead(feat, coarse), feat], dim=1))
         # The one place the official [pre_out, coarse_x, auxout] list is adapted.
-        outs = {"fine": fine, "coarse": coarse, "fcn": aux}
+        outs = {k: v for k, v in {"fine": fine, "coarse": coarse, "fcn": aux}.items() if wants(outputs, k)}
         return SegOutput(fine + coarse, STRIDE, outs, {k: STRIDE for k in outs})
 
 

@@ -24,7 +24,7 @@ def abn(channels: int) -> InPlaceABN:
 
 def conv_abn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> list[nn.Module]:
     pad = dilation * (kernel // 2)
-    return [nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False), abn(cout), nn.ReLU()]
+    return [nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False), abn(cout), nn.ReLU(inplace=True)]
 
 
 class ASPPPooling(nn.Module):

@@ -17,7 +17,7 @@ from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.alignseg_blocks import CAB, CAM, RRB
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
 from segrepro.models.norm import InPlaceABN
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
 
 #: BGR channel means (0–255) subtracted by the official loaders; there is no std division.
@@ -43,8 +43,9 @@ class AlignSeg(ResNet):
     Input: BGR, 0–255, minus :data:`BGR_MEAN`, no std division (official loaders).
 
     Output (train and eval, as the official ``[out, dsn]``): ``main = head(d5)`` and ``aux["dsn"] =
-    dsn(d3)``, both logits at stride 4, not upsampled. The backbone norm is InPlaceABN ``identity`` +
-    explicit ReLU; the head uses InPlaceABN with leaky ReLU 0.01 (scale ``|γ|+eps`` everywhere).
+    dsn(d3)``, both logits at stride 4, not upsampled (``dsn`` only when ``outputs`` asks for it). The
+    backbone norm is InPlaceABN ``identity`` + explicit ReLU; the head uses InPlaceABN with leaky ReLU 0.01
+    (scale ``|γ|+eps`` everywhere).
 
     Offset normalisation: by default the warp divides Δx by the sampled map's width and Δy by its
     height, as HEAD ``forward`` does (and the fixture). The released checkpoints came from the initial
@@ -97,16 +98,18 @@ class AlignSeg(ResNet):
         high = getattr(self, f"RRB{stage}a")(high)
         return getattr(self, f"RRB{stage}b")(getattr(self, f"CAB{stage}")(low, high))
 
-    def forward(self, x: Tensor) -> SegOutput:
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:  # type: ignore[override]
         x1, x2, x3, x4 = self.forward_stages(x)
         d2 = self._fuse(2, self.RRB1a(x1), x2)
         d3 = self._fuse(3, d2, x3)
         d4 = self._fuse(4, d3, x4)
         d5 = self._fuse(5, d4, self.CAM(x4))
+        main = self.head(d5)
         # The official ``[out, dsn]`` list becomes the uniform contract here, and only here.
+        if not wants(outputs, "dsn"):
+            return SegOutput(main=main, stride=OUTPUT_STRIDE)
         return SegOutput(
-            main=self.head(d5), stride=OUTPUT_STRIDE,
-            aux={"dsn": self.dsn(d3)}, aux_strides={"dsn": OUTPUT_STRIDE},
+            main=main, stride=OUTPUT_STRIDE, aux={"dsn": self.dsn(d3)}, aux_strides={"dsn": OUTPUT_STRIDE},
         )
 
 

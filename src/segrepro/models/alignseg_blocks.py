@@ -63,7 +63,7 @@ class RRB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.unify(x)
-        return self.norm(f + self.residual(f))
+        return self.norm(self.residual(f).add_(f))
 
 
 class CAB(nn.Module):
@@ -81,7 +81,7 @@ class CAB(nn.Module):
         cat = torch.cat((low, high), dim=1)
         warped_high = offset_warp(high, size, self.delta_gen1(cat), self.legacy_order)
         warped_low = offset_warp(low, size, self.delta_gen2(cat), self.legacy_order)
-        return warped_high + warped_low
+        return warped_high.add_(warped_low)
 
 
 def _context_branch(features: int, channels: int, pooled: bool) -> nn.Sequential:
@@ -114,4 +114,4 @@ class CAM(nn.Module):
         local = self.adapt(x)
         context_up = F.interpolate(context, size=size, mode="bilinear", align_corners=True)
         delta = self.delta_gen(torch.cat((local, context_up), dim=1))
-        return offset_warp(context, size, delta, self.legacy_order) + local
+        return offset_warp(context, size, delta, self.legacy_order).add_(local)

@@ -31,7 +31,7 @@ from segrepro.models.card import MethodCard, Protocol
 from segrepro.errors import UserError
 from segrepro.models.alignseg_ssl_blocks import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, foreground_masks
 from segrepro.models.backbones.vit import VisionTransformer, vit_small, vit_tiny
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput
 from segrepro.models.registry import register, register_card
 
 PAIRINGS = ("fixed", "official")
@@ -101,7 +101,8 @@ class AlignSegSSL(nn.Module):
         queries = self.decoder_self_attention_layers[-1](queries)
         return self.decoder_ffn_layers[-1](queries)
 
-    def forward(self, x: Tensor | Sequence[Tensor]) -> SegOutput:
+    def forward(self, x: Tensor | Sequence[Tensor], outputs: Outputs = None) -> SegOutput:
+        del outputs  # ``main`` is its only output; the extras come at no extra cost
         crops = [x] if isinstance(x, Tensor) else list(x)
         image = crops[0]
         b = image.shape[0]

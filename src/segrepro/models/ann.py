@@ -15,7 +15,7 @@ from segrepro.data.transforms import ScaleRange, TrainAugment
 from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.ann_blocks import AFNB, APNB, PSP_SIZES, bn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
 
 # ``build(..., pretrained=)`` file layout: the MIT/CSAIL deep-stem ResNet the official code calls
@@ -29,9 +29,9 @@ class ANN(nn.Module):
     Input: BGR, 0–255, minus (102.9801, 115.9465, 122.7717), std 1 (reference/ann.md §6).
 
     Output (:class:`SegOutput`, identical in train and eval mode): ``main`` = class logits, ``aux["dsn"]``
-    = the layer3 aux head's logits, **both already bilinearly upsampled (align_corners=True) to the input
-    size, so stride 1**, as the official model returns them. The official ``(aux, main)`` tuple, aux first,
-    is adapted in :meth:`forward` only.
+    = the layer3 aux head's logits (not computed when ``outputs`` leaves it out), **both already bilinearly
+    upsampled (align_corners=True) to the input size, so stride 1**, as the official model returns them. The
+    official ``(aux, main)`` tuple, aux first, is adapted in :meth:`forward` only.
 
     APNB's query projection is its key projection (one module under two names, as officially): a
     released checkpoint carries both ``f_key.*`` and ``f_query.*`` with equal values, and loading fills
@@ -68,14 +68,16 @@ class ANN(nn.Module):
             nn.Conv2d(dsn_channels, num_classes, 1),
         )
 
-    def forward(self, x: Tensor) -> SegOutput:
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:
         _, _, c3, c4 = self.backbone.forward_stages(x)
-        aux = self.dsn(c3)
+        aux = self.dsn(c3) if wants(outputs, "dsn") else None  # first, as officially (train-mode dropout order)
         main = self.cls(self.context(self.fusion(c3, c4)))
         size = x.shape[2:]
         # The one place the official (aux, main) tuple, both upsampled to the input, is adapted.
-        aux = F.interpolate(aux, size=size, mode="bilinear", align_corners=True)
         main = F.interpolate(main, size=size, mode="bilinear", align_corners=True)
+        if aux is None:
+            return SegOutput(main, 1)
+        aux = F.interpolate(aux, size=size, mode="bilinear", align_corners=True)
         return SegOutput(main, 1, {"dsn": aux}, {"dsn": 1})
 
 

@@ -17,7 +17,7 @@ PSP_SIZES: tuple[int, ...] = (1, 3, 6, 8)
 
 def bn_relu(channels: int) -> nn.Sequential:
     """torchcv's ``BNReLU``: the nesting gives the official ``….1.0.weight`` key names."""
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU())
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
 def psp_sample(x: Tensor, sizes: Sequence[int] = PSP_SIZES) -> Tensor:
@@ -63,12 +63,15 @@ class AsymmetricAttention(nn.Module):
 
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         b, _, h, w = high.shape
-        # Both projections run even when shared, as officially: in training the shared BN then updates
-        # its running statistics twice per forward, like the official model's.
-        query = self.f_query(high).flatten(2).transpose(1, 2)  # (B, hw, K)
-        key = self.anchors(self.f_key(low))  # (B, K, S)
+        # Both projections run in training even when shared, as officially: the shared BN then updates
+        # its running statistics twice per forward, like the official model's. In eval the shared
+        # projection of one map is computed once (the same tensor either way).
+        projected = self.f_query(high)
+        query = projected.flatten(2).transpose(1, 2)  # (B, hw, K)
+        reuse = self.f_key is self.f_query and low is high and not self.training
+        key = self.anchors(projected if reuse else self.f_key(low))  # (B, K, S)
         value = self.anchors(self.f_value(low)).transpose(1, 2)  # (B, S, V)
-        sim = (torch.matmul(query, key) * self.key_channels**-0.5).softmax(dim=-1)
+        sim = torch.matmul(query, key).mul_(self.key_channels**-0.5).softmax(dim=-1)
         context = torch.matmul(sim, value).transpose(1, 2).reshape(b, -1, h, w)
         return self.W(context)
 

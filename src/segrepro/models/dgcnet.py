@@ -39,7 +39,7 @@ class SpatialGCN(nn.Module):
         affinity = torch.softmax(torch.bmm(q, v.transpose(1, 2)), dim=-1)  # (n, c', c')
         r = torch.bmm(k.transpose(1, 2), affinity).transpose(1, 2)  # (n, c', hw)
         r = self.bn_wg(self.conv_wg(r)).reshape(k.shape[0], -1, *x.shape[-2:])
-        return F.relu(self.out(r) + x)
+        return F.relu(self.out(r).add_(x), inplace=True)
 
 
 def dw_s2(channels: int) -> list[nn.Module]:
@@ -76,7 +76,7 @@ class DualGCN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         g_loc = self.gcn_local_attention(self.local(x))
         g_loc = F.interpolate(g_loc, size=x.shape[-2:], mode="bilinear", align_corners=True)
-        spatial_local = x * g_loc + x
+        spatial_local = (x * g_loc).add_(x)
 
         phi = self.bn_phi(self.phi(x)).flatten(2)  # (n, feats, hw)
         proj = self.bn_theta(self.theta(x)).flatten(2)  # (n, nodes, hw)
@@ -84,7 +84,7 @@ class DualGCN(nn.Module):
         z = self.bn_adj(self.conv_adj(z0.transpose(1, 2))).transpose(1, 2) + z0
         z = self.bn_wg(self.conv_wg(z))
         y = torch.matmul(z, proj).reshape(x.shape[0], -1, *x.shape[-2:])
-        g_out = F.relu(x + self.bn3(self.conv3(y)))
+        g_out = F.relu(self.bn3(self.conv3(y)).add_(x), inplace=True)
 
         return self.final(torch.cat([spatial_local, g_out], dim=1))
 

@@ -25,7 +25,7 @@ DOWN_MIN_SIZE = 3
 def dw_down(channels: int) -> nn.Sequential:
     """Depthwise conv3×3 stride 2, **no padding**, with bias → BN → ReLU (keys ``0``, ``1``)."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, stride=2, groups=channels), nn.BatchNorm2d(channels), nn.ReLU()
+        nn.Conv2d(channels, channels, 3, stride=2, groups=channels), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
     )
 
 
@@ -64,7 +64,7 @@ class SpatialCGNL(nn.Module):
         p, g = p.reshape(n, self.groups, 1, -1), g.reshape(n, self.groups, -1, 1)
         scale = torch.matmul(p, g)  # (n, groups, 1, 1)
         y = (scale * t.reshape(n, self.groups, 1, -1)).reshape(t.shape)
-        return self.gn(self.z(y)) + x
+        return self.gn(self.z(y)).add_(x)
 
 
 class LocalAttenModule(nn.Module):
@@ -79,7 +79,7 @@ class LocalAttenModule(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         m = self.dconv3(self.dconv2(self.dconv1(at_least(u, LOCAL_MIN_SIZE))))
         m = torch.sigmoid(F.interpolate(m, size=u.shape[-2:], mode="bilinear", align_corners=True))
-        return u + u * m
+        return (u * m).add_(u)
 
 
 class GALDBlock(nn.Module):
@@ -97,7 +97,7 @@ class GALDBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a = self.long_relation(self.down(at_least(x, DOWN_MIN_SIZE)))
         u = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=True)
-        return self.local_attention(u) + u
+        return self.local_attention(u).add_(u)
 
 
 class GALDNet(ContextNet):

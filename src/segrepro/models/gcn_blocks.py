@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
-from segrepro.models.outputs import SegOutput
+from segrepro.models.outputs import Outputs, SegOutput, wants
 
 OUTPUT_STRIDE = 8
 # ``build(..., pretrained=)`` file layout for both methods: the repository's ``resnet{50,101}-deep.pth``
@@ -38,7 +38,8 @@ VARIANT_CONFIGS: dict[str, dict] = {
 def conv_bn_relu(cin: int, cout: int, kernel_size: int = 3) -> nn.Sequential:
     """Keys ``0`` (conv, no bias) and ``1`` (BN), as in the official ``conva``/``convb``."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -57,7 +58,7 @@ class ContextHead(nn.Module):
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, num_classes, 1),
         )
 
@@ -70,7 +71,7 @@ def dsn_classifier(in_channels: int, channels: int, num_classes: int, relu: bool
     """layer3 aux classifier: conv3×3 (+b) → BN → [ReLU] → Dropout2d(0.1) → conv1×1 (+b)."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels)]
     if relu:
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU(inplace=True))
     layers += [nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1)]
     return nn.Sequential(*layers)
 
@@ -79,7 +80,8 @@ class ContextNet(ResNet):
     """Backbone keys at the top level (the manifests' layout), then ``head`` and ``dsn``.
 
     ``forward`` adapts the official ``[main]`` (eval) / ``[main, dsn]`` (train) lists into
-    :class:`SegOutput`: ``main`` at stride 8, ``aux["dsn"]`` at stride 8 in train mode only.
+    :class:`SegOutput`: ``main`` at stride 8, ``aux["dsn"]`` at stride 8 in train mode only (and only when
+    ``outputs`` asks for it).
     """
 
     def __init__(
@@ -103,10 +105,10 @@ class ContextNet(ResNet):
         self.head = ContextHead(c4, head_channels, num_classes, block_name, make_block(head_channels))
         self.dsn = dsn_classifier(c3, dsn_channels, num_classes, relu=dsn_relu)
 
-    def forward(self, x: Tensor) -> SegOutput:  # type: ignore[override]
+    def forward(self, x: Tensor, outputs: Outputs = None) -> SegOutput:  # type: ignore[override]
         _, _, c3, c4 = self.forward_stages(x)
         main = self.head(c4)
-        if not self.training:
+        if not self.training or not wants(outputs, "dsn"):
             return SegOutput(main, OUTPUT_STRIDE)
         return SegOutput(main, OUTPUT_STRIDE, aux={"dsn": self.dsn(c3)}, aux_strides={"dsn": OUTPUT_STRIDE})
 

@@ -71,13 +71,16 @@ class InPlaceABN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        # The activation overwrites the fresh normalised tensor, as the fused kernel does; autograd cannot
+        # invert an in-place leaky ReLU / ELU of negative slope, so that case keeps a copy.
         x = self._normalise(x)
+        inplace = self.activation_param >= 0
         if self.activation == "leaky_relu":
-            return F.leaky_relu(x, self.activation_param)
+            return F.leaky_relu(x, self.activation_param, inplace=inplace)
         if self.activation == "elu":
-            return F.elu(x, self.activation_param)
+            return F.elu(x, self.activation_param, inplace=inplace)
         if self.activation == "relu":
-            return F.relu(x)
+            return F.relu(x, inplace=True)
         return x
 
     def extra_repr(self) -> str:

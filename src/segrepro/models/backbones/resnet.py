@@ -10,6 +10,9 @@ expressed as constructor arguments (see reference/README.md "cross-method pitfal
   from the first block; ACFNet, GALD, DGCNet) or ``"psp"`` (PSPNet's rule, half dilation in the first
   block of each dilated stage; ANN).
 * ``eca_kernel``: ECA channel attention after ``bn3`` of every block (ACFNet's ECA-ResNet).
+
+ReLUs and residual adds work in place on tensors nothing else reads (a norm's or a sum's output), as
+torchvision's do: the same numbers and state_dict, less memory traffic.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class Bottleneck(nn.Module):
         if eca_kernel is not None:
             self.eca = ECA(eca_kernel)
         self.downsample = downsample
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -77,8 +80,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if hasattr(self, "eca"):
             out = self.eca(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 def _stage_dilations(dilation: str, stage: int, blocks: int, multi_grid: Sequence[int]) -> tuple[int, list[int]]:
@@ -126,18 +129,18 @@ class ResNet(nn.Module):
             self.conv3, self.bn3 = conv3x3(s1, s2), norm(s2)
         elif stem == "sequential":
             self.conv1 = nn.Sequential(
-                conv3x3(3, s0, stride=2), norm(s0), nn.ReLU(),
-                conv3x3(s0, s1), norm(s1), nn.ReLU(),
+                conv3x3(3, s0, stride=2), norm(s0), nn.ReLU(inplace=True),
+                conv3x3(s0, s1), norm(s1), nn.ReLU(inplace=True),
                 conv3x3(s1, s2),
             )
             self.bn1 = norm(s2)
         else:
             self.prefix = nn.Sequential(OrderedDict([
-                ("conv1", conv3x3(3, s0, stride=2)), ("bn1", norm(s0)), ("relu1", nn.ReLU()),
-                ("conv2", conv3x3(s0, s1)), ("bn2", norm(s1)), ("relu2", nn.ReLU()),
-                ("conv3", conv3x3(s1, s2)), ("bn3", norm(s2)), ("relu3", nn.ReLU()),
+                ("conv1", conv3x3(3, s0, stride=2)), ("bn1", norm(s0)), ("relu1", nn.ReLU(inplace=True)),
+                ("conv2", conv3x3(s0, s1)), ("bn2", norm(s1)), ("relu2", nn.ReLU(inplace=True)),
+                ("conv3", conv3x3(s1, s2)), ("bn3", norm(s2)), ("relu3", nn.ReLU(inplace=True)),
             ]))
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
         inplanes = s2
         self.out_channels: list[int] = []
