@@ -36,8 +36,13 @@ def run_measured(argv: Sequence[str], cwd: Path | None = None, env: dict[str, st
     # stage commands (dvc.yaml's `segrepro ...`) resolve from this interpreter's environment, activated or not
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, "PATH": path, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env={**os.environ, "PATH": path, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -50,8 +55,13 @@ def run_measured(argv: Sequence[str], cwd: Path | None = None, env: dict[str, st
 
 def _row(rows: list[dict], stage: str, figures: dict[str, Any], **extra: Any) -> None:
     rows.append({"stage": stage, **{k: v for k, v in figures.items() if k != "output"}, **extra})
-    print(f"bench scale: {stage}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in rows[-1].items() if k != "stage"), file=sys.stderr)
+    print(
+        f"bench scale: {stage}: "
+        + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items() if k != "stage"
+        ),
+        file=sys.stderr,
+    )
 
 
 def _dvc(work: Path, *args: str) -> dict[str, float]:
@@ -69,7 +79,8 @@ def bench_dvc(work: Path, rows: list[dict]) -> None:
     _row(rows, "dvc status (unchanged)", _dvc(work, "status", "-q"))
     (work / "dvc.yaml").write_text(
         "stages:\n  prepare:\n    cmd: segrepro data prepare cityscapes --root cityscapes\n"
-        "    deps:\n      - cityscapes\n    outs:\n      - cityscapes_prepared\n")
+        "    deps:\n      - cityscapes\n    outs:\n      - cityscapes_prepared\n"
+    )
     shutil.rmtree(work / "cityscapes_prepared", ignore_errors=True)
     _row(rows, "dvc repro (prepare, first)", _dvc(work, "repro", "-q"))
     _row(rows, "dvc repro (no-op)", _dvc(work, "repro", "-q"))
@@ -82,8 +93,13 @@ def bench_dvc_remote(work: Path, rows: list[dict], jobs: int, s3: dict[str, str]
     bucket = s3.get("BENCH_BUCKET", "segrepro-bench")
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3["S3_ENDPOINT_URL"], aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-                          aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"), region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3["S3_ENDPOINT_URL"],
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=bucket)
     _dvc(work, "remote", "add", "-d", "s3", f"s3://{bucket}/cache")
     _dvc(work, "remote", "modify", "s3", "endpointurl", s3["S3_ENDPOINT_URL"])
@@ -138,8 +154,13 @@ def bench_loader(root: Path, rows: list[dict], images: int, workers: Sequence[in
         crop = cfg.crop_hw
         rates = {}
         for n in workers:
-            dataset = get_dataset("cityscapes", root, "train", prepared=default_prepared_dir(root),
-                                  transform=build_train_transforms(cfg.train_augment(), cfg.norm()))
+            dataset = get_dataset(
+                "cityscapes",
+                root,
+                "train",
+                prepared=default_prepared_dir(root),
+                transform=build_train_transforms(cfg.train_augment(), cfg.norm()),
+            )
             loader = build_loader(dataset, batch_size=1, train=True, workers=n, seed=0)
             it = iter(loader)
             next(it)  # worker start-up and first decode, untimed
@@ -149,15 +170,21 @@ def bench_loader(root: Path, rows: list[dict], images: int, workers: Sequence[in
                 count += 1
             rates[n] = count / (time.perf_counter() - start)
             del it, loader
-            _row(rows, f"loader {method} (official augmentation, crop {crop}), workers={n}",
-                 {"img_per_s": rates[n], "images": count})
+            _row(
+                rows,
+                f"loader {method} (official augmentation, crop {crop}), workers={n}",
+                {"img_per_s": rates[n], "images": count},
+            )
         per_worker = rates.get(1, rates[max(rates)])
-        rows.append({
-            "stage": f"loader {method}: projection", "per_worker_img_per_s": per_worker,
-            "workers_per_gpu_at_1_s_per_iter_batch_1": math.ceil(1.0 / per_worker),
-            "img_per_s_per_gpu_on_16_core_8_gpu_node": 2 * per_worker,
-            "loader_bound_on_16_core_8_gpu_node": 2 * per_worker < 1.0,
-        })
+        rows.append(
+            {
+                "stage": f"loader {method}: projection",
+                "per_worker_img_per_s": per_worker,
+                "workers_per_gpu_at_1_s_per_iter_batch_1": math.ceil(1.0 / per_worker),
+                "img_per_s_per_gpu_on_16_core_8_gpu_node": 2 * per_worker,
+                "loader_bound_on_16_core_8_gpu_node": 2 * per_worker < 1.0,
+            }
+        )
 
 
 def bench_mlflow(gt_root: Path, pred_root: Path, work: Path, rows: list[dict]) -> None:
@@ -179,10 +206,21 @@ def bench_mlflow(gt_root: Path, pred_root: Path, work: Path, rows: list[dict]) -
     logged = time.perf_counter() - start
     (run_dir / "eval" / "eval_summary.json").write_text(json.dumps({"method": "ann", **report.metrics}))
     (run_dir / "config.yaml").write_text("recipe: official\ndataset: cityscapes\nvariant: r101\n")
-    lb = run_measured(_cli("leaderboard", "--runs", str(work / "runs"), "--out", str(work / "leaderboard"),
-                           "--methods", "ann", "--params", str(work / "none.yaml")), cwd=work)
-    _row(rows, f"MLflow logging of a {result.extras['num_images']}-image evaluation (in process)",
-         {"seconds": logged})
+    lb = run_measured(
+        _cli(
+            "leaderboard",
+            "--runs",
+            str(work / "runs"),
+            "--out",
+            str(work / "leaderboard"),
+            "--methods",
+            "ann",
+            "--params",
+            str(work / "none.yaml"),
+        ),
+        cwd=work,
+    )
+    _row(rows, f"MLflow logging of a {result.extras['num_images']}-image evaluation (in process)", {"seconds": logged})
     _row(rows, "leaderboard (fresh process, MLflow on)", lb)
 
 
@@ -201,9 +239,18 @@ def _load_env(path: Path | None) -> dict[str, str] | None:
     return env
 
 
-def bench_scale(work: Path, fraction: float, size: str = "1024x2048", stages: Sequence[str] = STAGES,
-                metrics_images: int = 500, loader_images: int = 8, loader_workers: Sequence[int] = (0, 1, 2),
-                dvc_jobs: int = 8, s3_env: Path | None = None, keep: bool = False) -> dict[str, Any]:
+def bench_scale(
+    work: Path,
+    fraction: float,
+    size: str = "1024x2048",
+    stages: Sequence[str] = STAGES,
+    metrics_images: int = 500,
+    loader_images: int = 8,
+    loader_workers: Sequence[int] = (0, 1, 2),
+    dvc_jobs: int = 8,
+    s3_env: Path | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
     """Run the chosen stages in ``work`` (created, and emptied at the end unless ``keep``); returns JSON-able rows."""
     from segrepro.data.bench import cpu_model
 
@@ -220,11 +267,29 @@ def bench_scale(work: Path, fraction: float, size: str = "1024x2048", stages: Se
     pairs: dict[str, Path] = {}
 
     def synth() -> None:
-        res = run_measured(_cli("data", "synth", "cityscapes", "--profile", "full", "--fraction", str(fraction),
-                                "--size", size, "--out", str(root)))
+        res = run_measured(
+            _cli(
+                "data",
+                "synth",
+                "cityscapes",
+                "--profile",
+                "full",
+                "--fraction",
+                str(fraction),
+                "--size",
+                size,
+                "--out",
+                str(root),
+            )
+        )
         files = sum(1 for p in root.rglob("*") if p.is_file())
-        _row(rows, "synth (full profile)", res, files=files,
-             mib=sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20)
+        _row(
+            rows,
+            "synth (full profile)",
+            res,
+            files=files,
+            mib=sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20,
+        )
 
     def prepare() -> None:
         first = run_measured(_cli("data", "prepare", "cityscapes", "--root", str(root)))
@@ -238,18 +303,28 @@ def bench_scale(work: Path, fraction: float, size: str = "1024x2048", stages: Se
         gt_root, pred_root = replicate_val_pairs(root, work / "pairs", metrics_images)
         pairs.update(gt=gt_root, pred=pred_root)
         f = bench_eval_folder(gt_root, pred_root, work / "pairs")
-        rows.append({"stage": f"metrics cityscapes, {f['images']} val pairs (fresh process)", "seconds": f["ours_s"],
-                     "official_evaluateImgLists_s": f["official_s"], "speedup": f["speedup"],
-                     "max_abs_difference": f["max_abs_difference"]})
+        rows.append(
+            {
+                "stage": f"metrics cityscapes, {f['images']} val pairs (fresh process)",
+                "seconds": f["ours_s"],
+                "official_evaluateImgLists_s": f["official_s"],
+                "speedup": f["speedup"],
+                "max_abs_difference": f["max_abs_difference"],
+            }
+        )
 
     def submit() -> None:
         preds = make_test_predictions(root, work / "test_preds")
         archive = work / "submission.zip"
-        pack = run_measured(_cli("submit", "package", "--pred", str(preds), "--out", str(archive), "--data", str(root),
-                                 "--no-mlflow"))
+        pack = run_measured(
+            _cli("submit", "package", "--pred", str(preds), "--out", str(archive), "--data", str(root), "--no-mlflow")
+        )
         _row(rows, "submit package (test split)", pack, mib=archive.stat().st_size / 2**20)
-        _row(rows, "submit validate (test split)", run_measured(_cli("submit", "validate", str(archive), "--data",
-                                                                    str(root))))
+        _row(
+            rows,
+            "submit validate (test split)",
+            run_measured(_cli("submit", "validate", str(archive), "--data", str(root))),
+        )
 
     def mlflow() -> None:
         if not pairs:
@@ -258,10 +333,16 @@ def bench_scale(work: Path, fraction: float, size: str = "1024x2048", stages: Se
             pairs["gt"], pairs["pred"] = replicate_val_pairs(root, work / "pairs", metrics_images)
         bench_mlflow(pairs["gt"], pairs["pred"], work, rows)
 
-    steps = {"synth": synth, "prepare": prepare, "dvc": lambda: bench_dvc(work, rows),
-             "s3": lambda: bench_dvc_s3(work, rows, dvc_jobs, _load_env(s3_env)), "metrics": metrics,
-             "submit": submit, "loader": lambda: bench_loader(root, rows, loader_images, loader_workers),
-             "mlflow": mlflow}
+    steps = {
+        "synth": synth,
+        "prepare": prepare,
+        "dvc": lambda: bench_dvc(work, rows),
+        "s3": lambda: bench_dvc_s3(work, rows, dvc_jobs, _load_env(s3_env)),
+        "metrics": metrics,
+        "submit": submit,
+        "loader": lambda: bench_loader(root, rows, loader_images, loader_workers),
+        "mlflow": mlflow,
+    }
     try:
         for name in STAGES:
             if name in stages:
@@ -269,8 +350,14 @@ def bench_scale(work: Path, fraction: float, size: str = "1024x2048", stages: Se
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    return {"machine": cpu_model(), "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-            "fraction": fraction, "size": size, "rows": rows}
+    return {
+        "machine": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "fraction": fraction,
+        "size": size,
+        "rows": rows,
+    }
 
 
 def bench_dvc_s3(work: Path, rows: list[dict], jobs: int, s3: dict[str, str] | None) -> None:
@@ -279,20 +366,31 @@ def bench_dvc_s3(work: Path, rows: list[dict], jobs: int, s3: dict[str, str] | N
         rows.append({"stage": "dvc push / pull (S3)", "skipped": "needs the dvc stage in the same run"})
         return
     if s3 is None:
-        rows.append({"stage": "dvc push / pull (S3)", "skipped": "no S3 endpoint: pass --s3-env DIR/s3.env written "
-                     "by scripts/s3-server-up.sh"})
+        rows.append(
+            {
+                "stage": "dvc push / pull (S3)",
+                "skipped": "no S3 endpoint: pass --s3-env DIR/s3.env written by scripts/s3-server-up.sh",
+            }
+        )
         return
     bench_dvc_remote(work, rows, jobs, s3)
 
 
 def markdown(report: dict[str, Any]) -> str:
     """One table row per measured stage (seconds, peak RSS and the stage's own figure)."""
-    lines = [f"Machine: {report['machine']}, {report['cores']} cores; load average {report['load_average_1min']:.1f} "
-             f"at the end. Fraction {report['fraction']} of full size, images {report['size']}.", "",
-             "| stage | seconds | peak RSS MiB | other |", "|---|---|---|---|"]
+    lines = [
+        f"Machine: {report['machine']}, {report['cores']} cores; load average {report['load_average_1min']:.1f} "
+        f"at the end. Fraction {report['fraction']} of full size, images {report['size']}.",
+        "",
+        "| stage | seconds | peak RSS MiB | other |",
+        "|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        other = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                          if k not in ("stage", "seconds", "peak_rss_mib"))
+        other = ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in row.items()
+            if k not in ("stage", "seconds", "peak_rss_mib")
+        )
         secs = f"{row['seconds']:.2f}" if "seconds" in row else "–"
         rss = f"{row['peak_rss_mib']:.0f}" if "peak_rss_mib" in row else "–"
         lines.append(f"| {row['stage']} | {secs} | {rss} | {other} |")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,14 +35,22 @@ app.add_typer(bench_app, name="bench")
 def data_synth(
     dataset: str = typer.Argument(..., help="Dataset name (cityscapes, voc, coco_stuff27, pascal_context, ade20k)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the synthetic dataset into (official layout)."),
-    split_sizes: Optional[str] = typer.Option(None, "--split-sizes", help="Images per split in the dataset's split order, e.g. 8,4,4 (Cityscapes: a 4th "
-                                               "count adds coarse train_extra images)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
+    split_sizes: str | None = typer.Option(
+        None,
+        "--split-sizes",
+        help="Images per split in the dataset's split order, e.g. 8,4,4 (Cityscapes: a 4th "
+        "count adds coarse train_extra images).",
+    ),
+    size: str | None = typer.Option(None, "--size", help="Image size HxW, e.g. 256x512."),
     seed: int = typer.Option(0, "--seed", help="Same seed gives byte-identical files."),
-    profile: str = typer.Option("default", "--profile", help="default (small, all-or-nothing) or full (Cityscapes: "
-                                "the real split sizes, cities and 1024x2048, parallel and resumable)."),
+    profile: str = typer.Option(
+        "default",
+        "--profile",
+        help="default (small, all-or-nothing) or full (Cityscapes: "
+        "the real split sizes, cities and 1024x2048, parallel and resumable).",
+    ),
     fraction: float = typer.Option(1.0, "--fraction", help="--profile full: each city's official count times F."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="--profile full: processes (default: all cores)."),
+    workers: int | None = typer.Option(None, "--workers", help="--profile full: processes (default: all cores)."),
 ) -> None:
     """Write a deterministic synthetic stand-in with the dataset's exact layout, names and encodings."""
     from segrepro.data import parse_size, synth_dataset
@@ -54,9 +61,11 @@ def data_synth(
         from segrepro.data.cityscapes_full import synth_full
 
         res = synth_full(out, fraction, parse_size(size or "1024x2048"), seed, workers)
-        typer.echo(f"synthetic cityscapes (full profile, fraction {fraction}) written to {res['root']}: "
-                   f"{res['images']} images ({res['skipped']} already complete), {res['bytes'] / 2**20:.0f} MiB "
-                   f"in {res['seconds']:.1f} s with {res['workers']} processes")
+        typer.echo(
+            f"synthetic cityscapes (full profile, fraction {fraction}) written to {res['root']}: "
+            f"{res['images']} images ({res['skipped']} already complete), {res['bytes'] / 2**20:.0f} MiB "
+            f"in {res['seconds']:.1f} s with {res['workers']} processes"
+        )
         return
     if profile != "default":
         raise UserError(f"--profile {profile!r}: choose default or full")
@@ -69,7 +78,7 @@ def data_synth(
 def data_prepare(
     dataset: str = typer.Argument(..., help="Dataset name (cityscapes, voc, coco_stuff27, pascal_context, ade20k)."),
     root: Path = typer.Option(..., "--root", help="Dataset root in the official layout."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <root>_prepared beside the root)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: <root>_prepared beside the root)."),
 ) -> None:
     """Validate the layout (exit 2 with one line per problem, nothing written), then write prepared outputs."""
     from segrepro.data import prepare_dataset
@@ -82,12 +91,16 @@ def data_prepare(
 
 @checkpoint_app.command("import")
 def checkpoint_import(
-    src: Path = typer.Argument(..., help="Official released checkpoint, or an ImageNet/DINO backbone file with --backbone."),
+    src: Path = typer.Argument(
+        ..., help="Official released checkpoint, or an ImageNet/DINO backbone file with --backbone."
+    ),
     dst: Path = typer.Argument(..., help="Where to write the plain state_dict (only when it fits strictly)."),
     method: str = typer.Option(..., "--method", help="Method name (segrepro.models.list_methods())."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Variant; the method's default when omitted."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the checkpoint (variant default)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="SRC is a backbone file of this source: mit, gald-deep, eca, dino."),
+    variant: str | None = typer.Option(None, "--variant", help="Variant; the method's default when omitted."),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the checkpoint (variant default)."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="SRC is a backbone file of this source: mit, gald-deep, eca, dino."
+    ),
 ) -> None:
     """Strip module./net. wrappers, convert, verify strictly against the model and write DST."""
     from segrepro.models.checkpoint import import_checkpoint
@@ -113,19 +126,27 @@ def checkpoint_export(
 
 # --- metrics ------------------------------------------------------------------------------------
 
-metrics_app = typer.Typer(help="Metrics on folders of prediction PNGs (the official evaluators' numbers).",
-                          no_args_is_help=True)
+metrics_app = typer.Typer(
+    help="Metrics on folders of prediction PNGs (the official evaluators' numbers).", no_args_is_help=True
+)
 app.add_typer(metrics_app, name="metrics")
 
 
 @metrics_app.command("cityscapes")
 def metrics_cityscapes(
-    gt_root: Path = typer.Option(..., "--gt-root", help="Folder holding gtFine/<split>/<city>/*_gtFine_{labelIds,instanceIds}.png."),
-    pred_root: Path = typer.Option(..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."),
+    gt_root: Path = typer.Option(
+        ..., "--gt-root", help="Folder holding gtFine/<split>/<city>/*_gtFine_{labelIds,instanceIds}.png."
+    ),
+    pred_root: Path = typer.Option(
+        ..., "--pred-root", help="labelId PNGs named <city>_<seq>_<frame>*.png, anywhere below."
+    ),
     split: str = typer.Option("val", "--split", help="gtFine split to evaluate."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."),
-    workers: Optional[int] = typer.Option(None, "--workers",
-                                          help="Decode processes (default: all cores; 0: in this process)."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the official JSON fields (+ 'segrepro' extras) here."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Decode processes (default: all cores; 0: in this process)."
+    ),
 ) -> None:
     """IoU/iIoU per class and category, equal to cityscapesscripts' evalPixelLevelSemanticLabeling."""
     from segrepro.evaluation.cityscapes_metrics import evaluate_cityscapes_folders, write_result_json
@@ -148,14 +169,20 @@ def models_cmd() -> None:
         for variant in list_variants(method):
             spec = get_spec(method, variant)
             mark = " (default)" if variant == default else ""
-            typer.echo(f"{method:<13} {variant:<10} {spec.default_num_classes:>3} classes  "
-                       f"pretrained: {spec.pretrained_source:<9} {spec.description}{mark}")
+            typer.echo(
+                f"{method:<13} {variant:<10} {spec.default_num_classes:>3} classes  "
+                f"pretrained: {spec.pretrained_source:<9} {spec.description}{mark}"
+            )
 
 
 @app.command("recipes")
 def recipes_cmd(
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per recipe (method, recipe, dataset, split, "
-                                 "protocol, paper_mIoU, paper_split, source, ...)."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="One JSON object per recipe (method, recipe, dataset, split, "
+        "protocol, paper_mIoU, paper_split, source, ...).",
+    ),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
 ) -> None:
     """List every (method, recipe): dataset, split, protocol, paper number and its source, CPU twin."""
@@ -171,14 +198,21 @@ def recipes_cmd(
 @app.command("train")
 def train_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann (see `segrepro models`)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoints (default: runs/<method>)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", help="Named recipe in params.yaml (default: train.<method>.recipe)."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoints (default: runs/<method>)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest valid checkpoint."),
-    set_: list[str] = typer.Option([], "--set", help="Override a params.yaml value: --set train.ann.optimizer.lr=0.005"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a params.yaml value: --set train.ann.optimizer.lr=0.005"
+    ),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Weights a multi-stage recipe (init_from) starts "
-                                        "from (default: <method>-<recipe>/model.pt beside --out)."),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="Weights a multi-stage recipe (init_from) starts from (default: <method>-<recipe>/model.pt beside --out).",
+    ),
 ) -> None:
     """Train one method (under torchrun: DDP across processes, same global batch)."""
     from segrepro import stages
@@ -194,7 +228,7 @@ RECIPE_HELP = "Recipe in params.yaml, only for a checkpoint without a run config
 STRICT_HELP = "Fail (exit 2) instead of warning when today's params.yaml differs from the run's config."
 
 
-def _floats(value: Optional[str]) -> Optional[list[float]]:
+def _floats(value: str | None) -> list[float] | None:
     if not value:
         return None
     try:
@@ -207,24 +241,30 @@ def _floats(value: Optional[str]) -> Optional[list[float]]:
 def evaluate_cmd(
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset root (default: params.yaml data.<dataset>)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate (needs labels)."),
-    protocol: str = typer.Option("official", "--protocol", help="official (the method's own), ss (whole image), ms-flip (0.5-1.75 + flip)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Override the scales, e.g. 0.75,1,1.25."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Override horizontal-flip averaging."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Override the sliding tile size (0: whole image)."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Override the tile stride (default: 1/3 overlap)."),
-    save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="Write every prediction PNG under this folder."),
-    pred_kind: str = typer.Option("labelIds", "--pred-kind", help="Saved PNG values: labelIds (Cityscapes) or trainIds."),
+    protocol: str = typer.Option(
+        "official", "--protocol", help="official (the method's own), ss (whole image), ms-flip (0.5-1.75 + flip)."
+    ),
+    scales: str | None = typer.Option(None, "--scales", help="Override the scales, e.g. 0.75,1,1.25."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Override horizontal-flip averaging."),
+    crop: int | None = typer.Option(None, "--crop", help="Override the sliding tile size (0: whole image)."),
+    stride: int | None = typer.Option(None, "--stride", help="Override the tile stride (default: 1/3 overlap)."),
+    save_pred: Path | None = typer.Option(None, "--save-pred", help="Write every prediction PNG under this folder."),
+    pred_kind: str = typer.Option(
+        "labelIds", "--pred-kind", help="Saved PNG values: labelIds (Cityscapes) or trainIds."
+    ),
     overlays: int = typer.Option(4, "--overlays", help="Colour overlays for the first N images (in OUT/overlays)."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<method>/eval)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    variant: str | None = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: runs/<method>/eval)."),
+    recipe: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log an MLflow eval run linked to the training run."),
+    mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow", help="Log an MLflow eval run linked to the training run."
+    ),
     strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
     """Run an inference protocol over a split; metrics.json, per-class CSV, plots and an MLflow eval run.
@@ -232,10 +272,12 @@ def evaluate_cmd(
     Model, transforms and protocol come from the run's own config (config.yaml beside the checkpoint)."""
     from segrepro import stages
 
-    trained = stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
-                                  strict_config)
-    summary = stages.evaluate(trained, data, split, protocol, _floats(scales), flip, crop, stride, save_pred, pred_kind,
-                              overlays, out, mlflow)
+    trained = stages.TrainedModel(
+        method, checkpoint, variant, recipe, (), params, device, workers, tile_batch, strict_config
+    )
+    summary = stages.evaluate(
+        trained, data, split, protocol, _floats(scales), flip, crop, stride, save_pred, pred_kind, overlays, out, mlflow
+    )
     headline = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "mIoU" in k or k == "iIoU")
     typer.echo(f"{method} [{summary['protocol']}]: {headline} (written to {summary['out']})")
 
@@ -245,12 +287,16 @@ def predict_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     method: str = typer.Option(..., "--method", help="Method name, e.g. ann."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Plain state_dict, e.g. runs/<method>/model.pt."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Run folder holding the config.yaml training wrote "
-                                       "(default: the checkpoint's folder)."),
+    run: Path | None = typer.Option(
+        None, "--run", help="Run folder holding the config.yaml training wrote (default: the checkpoint's folder)."
+    ),
     out: Path = typer.Option(Path("predictions"), "--out", help="Output folder; folder inputs keep their subfolders."),
     protocol: str = typer.Option("official", "--protocol", help="official (the method's own), ss or ms-flip."),
-    formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: overlay,labelIds,trainIds,color "
-                                          "(default: overlay + the dataset's label PNG)."),
+    formats: str | None = typer.Option(
+        None,
+        "--format",
+        help="Comma-separated: overlay,labelIds,trainIds,color (default: overlay + the dataset's label PNG).",
+    ),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours (0..1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
@@ -271,9 +317,9 @@ app.add_typer(visualize_app, name="visualize")
 def visualize_offsets_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="An AlignSeg state_dict, e.g. runs/alignseg/model.pt."),
     image: Path = typer.Option(..., "--image", help="Image to run (any size; predicted whole)."),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Its label PNG (trainIds, *_labelIds, palette, colour)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: <image>_offsets.png beside it)."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Run folder with config.yaml (default: the checkpoint's)."),
+    gt: Path | None = typer.Option(None, "--gt", help="Its label PNG (trainIds, *_labelIds, palette, colour)."),
+    out: Path | None = typer.Option(None, "--out", help="PNG to write (default: <image>_offsets.png beside it)."),
+    run: Path | None = typer.Option(None, "--run", help="Run folder with config.yaml (default: the checkpoint's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Read only for a checkpoint without a config."),
 ) -> None:
@@ -287,12 +333,22 @@ submit_app = typer.Typer(help="Cityscapes test-server archives: build and valida
 app.add_typer(submit_app, name="submit")
 
 
-def _submit_model(method: str, checkpoint: Path, variant: Optional[str], recipe: Optional[str], params: Path,
-                  device: str, workers: int, tile_batch: int, strict_config: bool):
+def _submit_model(
+    method: str,
+    checkpoint: Path,
+    variant: str | None,
+    recipe: str | None,
+    params: Path,
+    device: str,
+    workers: int,
+    tile_batch: int,
+    strict_config: bool,
+):
     from segrepro import stages
 
-    return stages.TrainedModel(method, checkpoint, variant, recipe, (), params, device, workers, tile_batch,
-                               strict_config)
+    return stages.TrainedModel(
+        method, checkpoint, variant, recipe, (), params, device, workers, tile_batch, strict_config
+    )
 
 
 @submit_app.command("predict")
@@ -303,12 +359,12 @@ def submit_predict_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the prediction PNGs (plus their manifest.json)."),
     protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
     split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    variant: str | None = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
     tile_batch: int = typer.Option(4, "--tile-batch", help="Sliding-window tiles per forward pass."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    recipe: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     strict_config: bool = typer.Option(False, "--strict-config", help=STRICT_HELP),
 ) -> None:
     """One 8-bit labelId PNG per image into a folder (e.g. on a GPU node); resumes after a crash.
@@ -325,7 +381,7 @@ def submit_predict_cmd(
 def submit_package_cmd(
     pred: Path = typer.Option(..., "--pred", help="Prediction folder written by `submit predict`."),
     out: Path = typer.Option(..., "--out", help="Archive to write, e.g. sub.zip (+ sub.zip.manifest.json)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Cityscapes root: require one PNG per image of --split."),
+    data: Path | None = typer.Option(None, "--data", help="Cityscapes root: require one PNG per image of --split."),
     split: str = typer.Option("test", "--split", help="Split the archive must cover (with --data)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the archive and manifest sha256 to MLflow."),
 ) -> None:
@@ -333,8 +389,10 @@ def submit_package_cmd(
     from segrepro import stages
 
     res = stages.submit_package(pred, out, data, split, mlflow)
-    typer.echo(f"{res['predictions']} predictions zipped to {res['archive']} (sha256 {res['archive_sha256']}); "
-               f"manifest {res['manifest']}")
+    typer.echo(
+        f"{res['predictions']} predictions zipped to {res['archive']} (sha256 {res['archive_sha256']}); "
+        f"manifest {res['manifest']}"
+    )
 
 
 @submit_app.command("build")
@@ -345,8 +403,8 @@ def submit_build_cmd(
     out: Path = typer.Option(..., "--out", help="Archive to write, e.g. submission.zip (staging in OUT.parts/)."),
     protocol: str = typer.Option("official", "--protocol", help="official, ss or ms-flip."),
     split: str = typer.Option("test", "--split", help="Split to predict (test for the server)."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    variant: str | None = typer.Option(None, "--variant", help="Model variant (default: the recipe's)."),
+    recipe: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, "--workers", help="Image decode worker processes."),
@@ -369,7 +427,7 @@ def submit_validate_cmd(
     archive: Path = typer.Argument(..., help="The .zip to check."),
     data: Path = typer.Option(..., "--data", help="Cityscapes root holding leftImg8bit/<split>."),
     split: str = typer.Option("test", "--split", help="Split the archive must cover."),
-    max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Archive size limit in MiB (default 500)."),
+    max_mb: float | None = typer.Option(None, "--max-mb", help="Archive size limit in MiB (default 500)."),
 ) -> None:
     """Check names, count, size, mode, labelIds and archive safety; every problem listed, exit 2 if any."""
     from segrepro import stages
@@ -385,11 +443,11 @@ def submit_validate_cmd(
 @bench_app.command("train")
 def bench_train_cmd(
     method: str = typer.Option(..., "--method", help="Method to time."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe (default: demo on CPU, official on CUDA)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Recipe (default: demo on CPU, official on CUDA)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     iterations: int = typer.Option(5, "--iterations", help="Timed optimiser steps (after 2 warm-up steps)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Per-device batch (default: the recipe's)."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Square crop (default: the recipe's)."),
+    batch: int | None = typer.Option(None, "--batch", help="Per-device batch (default: the recipe's)."),
+    crop: int | None = typer.Option(None, "--crop", help="Square crop (default: the recipe's)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
 ) -> None:
     """Seconds per training iteration, images/s and peak memory at the recipe's crop and per-GPU batch."""
@@ -426,13 +484,21 @@ def bench_eval_cmd(
     size: str = typer.Option("1024x2048", "--size", help="Image size HxW (Cityscapes: 1024x2048)."),
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per figure (the median is reported)."),
     workers: int = typer.Option(2, "--workers", help="Decode processes for the folder evaluation."),
-    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where to write the PNGs (default: a temp dir)."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Where to write the PNGs (default: a temp dir)."),
     part: str = typer.Option("metrics", "--part", help="metrics, inference (img/s per protocol) or all."),
     device: str = typer.Option("cpu", "--device", help="Inference: cpu (tiny variants) or cuda (official variants)."),
-    infer_size: Optional[str] = typer.Option(None, "--infer-size", help="Inference image HxW (default: 256x512 on CPU, 1024x2048 on CUDA)."),
-    methods: str = typer.Option("alignseg,acfnet,gald,dgcnet,ann", "--methods", help="Inference: comma-separated methods."),
-    pairs_from: Optional[Path] = typer.Option(None, "--pairs-from", help="Metrics end to end, side by side in fresh "
-                                              "processes: --images val pairs replicated from this root's gtFine/val."),
+    infer_size: str | None = typer.Option(
+        None, "--infer-size", help="Inference image HxW (default: 256x512 on CPU, 1024x2048 on CUDA)."
+    ),
+    methods: str = typer.Option(
+        "alignseg,acfnet,gald,dgcnet,ann", "--methods", help="Inference: comma-separated methods."
+    ),
+    pairs_from: Path | None = typer.Option(
+        None,
+        "--pairs-from",
+        help="Metrics end to end, side by side in fresh "
+        "processes: --images val pairs replicated from this root's gtFine/val.",
+    ),
 ) -> None:
     """Cityscapes metric speed vs cityscapesscripts (values checked equal); inference img/s per protocol."""
     import tempfile
@@ -457,8 +523,14 @@ def bench_eval_cmd(
     if part in ("inference", "all"):
         cuda = device.startswith("cuda")
         ih, iw = (int(v) for v in (infer_size or ("1024x2048" if cuda else "256x512")).lower().split("x"))
-        rows = bench_inference([m.strip() for m in methods.split(",") if m.strip()], "r101" if cuda else "tiny",
-                               device, ih, iw, repeats=repeats)
+        rows = bench_inference(
+            [m.strip() for m in methods.split(",") if m.strip()],
+            "r101" if cuda else "tiny",
+            device,
+            ih,
+            iw,
+            repeats=repeats,
+        )
         typer.echo(markdown_inference(rows))
 
 
@@ -467,13 +539,16 @@ def bench_scale_cmd(
     fraction: float = typer.Option(0.0625, "--fraction", help="Stand-in size: each city's official count times F."),
     work_dir: Path = typer.Option(..., "--work-dir", help="Empty or new folder for the stand-in (deleted at the end)."),
     size: str = typer.Option("1024x2048", "--size", help="Image size HxW (smaller only for quick checks)."),
-    stages_: str = typer.Option("synth,prepare,dvc,s3,metrics,submit,loader,mlflow", "--stages",
-                                help="Comma-separated stages to run (synth and prepare are needed by the others)."),
+    stages_: str = typer.Option(
+        "synth,prepare,dvc,s3,metrics,submit,loader,mlflow",
+        "--stages",
+        help="Comma-separated stages to run (synth and prepare are needed by the others).",
+    ),
     metrics_images: int = typer.Option(500, "--metrics-images", help="Val pairs replicated for the metrics stage."),
     loader_images: int = typer.Option(8, "--loader-images", help="Timed images per loader configuration."),
     dvc_jobs: int = typer.Option(8, "--dvc-jobs", help="DVC remote `jobs` for push/pull."),
-    s3_env: Optional[Path] = typer.Option(None, "--s3-env", help="s3.env from scripts/s3-server-up.sh (push/pull)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
+    s3_env: Path | None = typer.Option(None, "--s3-env", help="s3.env from scripts/s3-server-up.sh (push/pull)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the rows as JSON here."),
     keep: bool = typer.Option(False, "--keep", help="Keep the work folder (default: delete it)."),
 ) -> None:
     """Each CPU-side stage at a fraction of the real Cityscapes size: seconds, peak RSS, stage figures (Markdown)."""
@@ -482,8 +557,18 @@ def bench_scale_cmd(
     from segrepro.bench_scale import bench_scale, markdown
     from segrepro.io import atomic_write_text
 
-    report = bench_scale(work_dir, fraction, size, [s.strip() for s in stages_.split(",") if s.strip()],
-                         metrics_images, loader_images, (0, 1, 2), dvc_jobs, s3_env, keep)
+    report = bench_scale(
+        work_dir,
+        fraction,
+        size,
+        [s.strip() for s in stages_.split(",") if s.strip()],
+        metrics_images,
+        loader_images,
+        (0, 1, 2),
+        dvc_jobs,
+        s3_env,
+        keep,
+    )
     typer.echo(markdown(report))
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
@@ -491,24 +576,34 @@ def bench_scale_cmd(
 
 @bench_app.command("models")
 def bench_models_cmd(
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
-    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants, e.g. tiny,r101 (default: all)."),
-    device: str = typer.Option("cpu", "--device", help="cpu: latency + peak RSS at 512x1024; cuda: fp32/bf16 img/s at 1024x2048."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
+    variants: str | None = typer.Option(
+        None, "--variants", help="Comma-separated variants, e.g. tiny,r101 (default: all)."
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu: latency + peak RSS at 512x1024; cuda: fp32/bf16 img/s at 1024x2048."
+    ),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs at 1024x2048 on meta tensors."),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="Run the timed forwards (off: parameters and FLOPs only)."),
+    latency: bool = typer.Option(
+        True, "--latency/--no-latency", help="Run the timed forwards (off: parameters and FLOPs only)."
+    ),
     repeats: int = typer.Option(3, "--repeats", help="Timed forwards per model after one warm-up (median reported)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and the machine as JSON here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the rows and the machine as JSON here."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for docs/benchmarks.md)."),
-    peer: Optional[str] = typer.Option(None, "--peer", help="Side by side with a peer code base instead: mmseg "
-                                       "(its ANN R101-D8 against ours, eval forward at 512x1024, 2 threads)."),
-    peer_python: Optional[Path] = typer.Option(None, "--peer-python", help="Python of the venv holding the peer."),
+    peer: str | None = typer.Option(
+        None,
+        "--peer",
+        help="Side by side with a peer code base instead: mmseg "
+        "(its ANN R101-D8 against ours, eval forward at 512x1024, 2 threads).",
+    ),
+    peer_python: Path | None = typer.Option(None, "--peer-python", help="Python of the venv holding the peer."),
 ) -> None:
     """Parameters, FLOPs, CPU latency (and ms per GMAC)/peak memory and CUDA throughput per method and variant,
     all of the eval forward's main output; or, with --peer, ANN against the peer's, per GMAC."""
     from segrepro.io import atomic_write_text
     from segrepro.models.bench import bench_models, bench_peer, format_peer, format_table, machine, to_json
 
-    def split(value: Optional[str]) -> Optional[list[str]]:
+    def split(value: str | None) -> list[str] | None:
         return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
     if peer is not None:
@@ -528,7 +623,7 @@ def bench_models_cmd(
 
 @bench_app.command("blocks")
 def bench_blocks_cmd(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write rows, ratios, machine and load here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write rows, ratios, machine and load here."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     blocks: str = typer.Option("apnb,nonlocal,afnb,nonlocal_fusion", "--blocks", help="Comma-separated blocks."),
     sizes: str = typer.Option("96x96,128x128,128x256", "--sizes", help="Feature sizes HxW (the seed's by default)."),
@@ -539,7 +634,7 @@ def bench_blocks_cmd(
     """ANN's efficiency study: APNB and AFNB against non-local blocks of the same channel sizes."""
     from segrepro.data import parse_size
     from segrepro.io import atomic_write_text
-    from segrepro.models.bench_blocks import Channels, bench_blocks, markdown, machine, to_json
+    from segrepro.models.bench_blocks import Channels, bench_blocks, machine, markdown, to_json
 
     try:
         ch = Channels(*(int(v) for v in channels.split(",")))
@@ -559,7 +654,7 @@ def bench_blocks_cmd(
 @app.command("synth")
 def synth_cmd(
     dataset: str = typer.Argument(..., help="A dataset listed under synth: in params.yaml (cityscapes, voc)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Dataset root (default: params.yaml data.<dataset>)."),
+    out: Path | None = typer.Option(None, "--out", help="Dataset root (default: params.yaml data.<dataset>)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
 ) -> None:
     """The embedded default dataset (DVC stage synth@<dataset>): synthetic data as params.yaml says, prepared."""
@@ -572,10 +667,16 @@ def synth_cmd(
 @app.command("leaderboard")
 def leaderboard_cmd(
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder holding runs/<method>/ (train + eval outputs)."),
-    out: Path = typer.Option(Path("leaderboard"), "--out", help="Where to write leaderboard.{md,csv,html} and metrics.json."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: params.yaml methods)."),
+    out: Path = typer.Option(
+        Path("leaderboard"), "--out", help="Where to write leaderboard.{md,csv,html} and metrics.json."
+    ),
+    methods: str | None = typer.Option(
+        None, "--methods", help="Comma-separated methods (default: params.yaml methods)."
+    ),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a stage=leaderboard run and register the models."),
+    mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow", help="Log a stage=leaderboard run and register the models."
+    ),
 ) -> None:
     """Compare the methods: reproduced vs paper mIoU, per-class IoU, cost; Markdown, CSV, HTML, DVC metrics."""
     from segrepro import stages
@@ -590,8 +691,12 @@ def leaderboard_cmd(
 def ui_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (127.0.0.1: this machine only)."),
     port: int = typer.Option(5000, "--port", help="TCP port."),
-    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri", help="Default: sqlite:///<cwd>/mlflow.db; e.g. postgresql://..."),
-    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination", help="Default: ./mlartifacts; or s3://bucket/prefix."),
+    backend_store_uri: str | None = typer.Option(
+        None, "--backend-store-uri", help="Default: sqlite:///<cwd>/mlflow.db; e.g. postgresql://..."
+    ),
+    artifacts_destination: str | None = typer.Option(
+        None, "--artifacts-destination", help="Default: ./mlartifacts; or s3://bucket/prefix."
+    ),
 ) -> None:
     """Start the project's MLflow server (tracking, served artifacts, model registry) and print its URL."""
     from segrepro.tracking.server import serve
@@ -615,7 +720,7 @@ def _add_entry_point_groups() -> None:
 _add_entry_point_groups()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one clean line."""
     import logging
 

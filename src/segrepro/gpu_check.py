@@ -53,8 +53,15 @@ MEMORY_GB = 80.0  # headroom is reported against an 80 GB card, the largest the 
 ROOFLINE_TARGET = 0.40
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),  # GH200 matches "H200"
-    ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),  # GH200 matches "H200"
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
 )
 DDP_ITERS = 20
 DDP_LOSS_RTOL = 1e-2  # every iteration's loss, relative (rounding grows over 20 steps, see ddp_worker)
@@ -87,8 +94,11 @@ class Context:
     def add(self, *args: Any, **kwargs: Any) -> Row:
         row = Row(*args, **kwargs)
         self.rows.append(row)
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {row.check:13s} {row.method:13s} {row.config:34s} {row.status}"
-              f" {row.note}", flush=True)
+        print(
+            f"[{time.perf_counter() - self.t0:6.1f}s] {row.check:13s} {row.method:13s} {row.config:34s} {row.status}"
+            f" {row.note}",
+            flush=True,
+        )
         return row
 
     @property
@@ -167,8 +177,13 @@ def _optimizer(recipe: dict[str, Any], model: nn.Module) -> torch.optim.Optimize
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg["name"] == "adamw":
         return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                           weight_decay=cfg.get("weight_decay", 0.0), nesterov=cfg.get("nesterov", False))
+    return torch.optim.SGD(
+        params,
+        lr=cfg["lr"],
+        momentum=cfg.get("momentum", 0.9),
+        weight_decay=cfg.get("weight_decay", 0.0),
+        nesterov=cfg.get("nesterov", False),
+    )
 
 
 def _criterion(recipe: dict[str, Any], ce_only: bool = False) -> Callable[[Any, Tensor], Tensor]:
@@ -179,9 +194,13 @@ def _criterion(recipe: dict[str, Any], ce_only: bool = False) -> Callable[[Any, 
     cfg = recipe["loss"]
     terms = [LossTerm(t["output"], "ce" if ce_only else t["loss"], t["weight"]) for t in cfg["terms"]]
     ohem = cfg.get("ohem", {})
-    crit = SegCriterion(terms, class_weights=None if ce_only else cfg.get("class_weights"),
-                        ohem_thresh=ohem.get("thresh", 0.7), ohem_min_kept=ohem.get("min_kept", 100_000),
-                        ohem_rule=ohem.get("rule", "gald"))
+    crit = SegCriterion(
+        terms,
+        class_weights=None if ce_only else cfg.get("class_weights"),
+        ohem_thresh=ohem.get("thresh", 0.7),
+        ohem_min_kept=ohem.get("min_kept", 100_000),
+        ohem_rule=ohem.get("rule", "gald"),
+    )
     return lambda out, target: crit.to(target.device)(out, target)[0]
 
 
@@ -226,16 +245,26 @@ def check_fixtures(ctx: Context) -> None:
     methods = {c.method for c in CASES}
     if ctx.fixtures is None:
         for m in sorted(methods):
-            ctx.add("fixtures", m, "all", "skip", note="no fixtures folder (tests/fixtures/reference, "
-                    "../shared/reference/fixtures or --fixtures)")
+            ctx.add(
+                "fixtures",
+                m,
+                "all",
+                "skip",
+                note="no fixtures folder (tests/fixtures/reference, ../shared/reference/fixtures or --fixtures)",
+            )
         return
     _fp32_exact()
     for case in CASES:
         key = f"{case.method}-{case.name}"
         if ctx.smoke and key not in SMOKE_FIXTURES:
-            ctx.add("fixtures", case.method, case.name, "skip",
-                    note="cpu smoke checks one CNN and one ViT case (the rest cost ~1 min on CPU; "
-                    "tests/test_model_*.py run them all)")
+            ctx.add(
+                "fixtures",
+                case.method,
+                case.name,
+                "skip",
+                note="cpu smoke checks one CNN and one ViT case (the rest cost ~1 min on CPU; "
+                "tests/test_model_*.py run them all)",
+            )
             continue
         with _guard(ctx, "fixtures", case.method, case.name):
             start = time.perf_counter()
@@ -243,8 +272,14 @@ def check_fixtures(ctx: Context) -> None:
             ok = all(good for _, good in res.values())
             metrics: dict[str, float | str] = {f"err_{k}": float(f"{e:.3g}") for k, (e, _) in res.items()}
             metrics["s"] = round(time.perf_counter() - start, 1)
-            ctx.add("fixtures", case.method, case.name, "pass" if ok else "fail", metrics,
-                    "max|Δ|/max|ref| per output; tolerance 1e-5·|ref| + 2e-5·max|ref|")
+            ctx.add(
+                "fixtures",
+                case.method,
+                case.name,
+                "pass" if ok else "fail",
+                metrics,
+                "max|Δ|/max|ref| per output; tolerance 1e-5·|ref| + 2e-5·max|ref|",
+            )
 
 
 def check_train(ctx: Context) -> None:
@@ -259,8 +294,9 @@ def check_train(ctx: Context) -> None:
             _train_row(ctx, method, recipe, variant, hw, batch, config)
 
 
-def _train_row(ctx: Context, method: str, recipe: dict[str, Any], variant: str, hw: tuple[int, int], batch: int,
-               config: str) -> None:
+def _train_row(
+    ctx: Context, method: str, recipe: dict[str, Any], variant: str, hw: tuple[int, int], batch: int, config: str
+) -> None:
     torch.manual_seed(0)
     model = _channels_last(build(method, variant=variant).to(ctx.device)).train()
     loss_fn = _ssl_loss if _is_ssl(method) else _criterion(recipe)
@@ -280,9 +316,19 @@ def _train_row(ctx: Context, method: str, recipe: dict[str, Any], variant: str, 
     _reset_peak(ctx.device)
     sec = _seconds(step, ctx.device, repeats=1 if ctx.smoke else 3, warmup=1 if ctx.smoke else 2)
     finite = all(math.isfinite(v) for v in losses)
-    ctx.add("train", method, config, "pass" if finite else "fail",
-            {"s_per_iter": round(sec, 4), "img_s": round(batch / sec, 2), "peak_gb": _peak_gb(ctx.device),
-             "loss": round(losses[-1], 4)}, "" if finite else f"loss not finite: {losses}")
+    ctx.add(
+        "train",
+        method,
+        config,
+        "pass" if finite else "fail",
+        {
+            "s_per_iter": round(sec, 4),
+            "img_s": round(batch / sec, 2),
+            "peak_gb": _peak_gb(ctx.device),
+            "loss": round(losses[-1], 4),
+        },
+        "" if finite else f"loss not finite: {losses}",
+    )
 
 
 def check_ddp(ctx: Context) -> None:
@@ -292,8 +338,18 @@ def check_ddp(ctx: Context) -> None:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec["result"] = str(result_path)
         spec_path.write_text(json.dumps(spec))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
-               "-m", "segrepro.gpu_check", "--ddp-worker", str(spec_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(world),
+            "-m",
+            "segrepro.gpu_check",
+            "--ddp-worker",
+            str(spec_path),
+        ]
         start = time.perf_counter()
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(ctx.left_s, 120))
@@ -311,11 +367,21 @@ def check_ddp(ctx: Context) -> None:
             ctx.add("ddp", r["method"], r.get("config", f"world {world}"), "fail", note=r["error"])
             continue
         ok = r["loss_rel"] <= DDP_LOSS_RTOL and r["step_rel"] <= DDP_STEP_RTOL
-        ctx.add("ddp", r["method"], r["config"], "pass" if ok else "fail",
-                {"loss_rel": float(f"{r['loss_rel']:.3g}"), "step_rel": float(f"{r['step_rel']:.3g}"),
-                 "first_loss": round(r["first_loss"], 4), "last_loss": round(r["last_loss"], 4), "torchrun_s": wall},
-                f"{r['backend']}, {r['norm']}; {DDP_ITERS} its, tolerance: losses {DDP_LOSS_RTOL:g} rel., "
-                f"step 1 ‖θ_ddp−θ_one‖/‖θ_one−θ0‖ ≤ {DDP_STEP_RTOL:g}")
+        ctx.add(
+            "ddp",
+            r["method"],
+            r["config"],
+            "pass" if ok else "fail",
+            {
+                "loss_rel": float(f"{r['loss_rel']:.3g}"),
+                "step_rel": float(f"{r['step_rel']:.3g}"),
+                "first_loss": round(r["first_loss"], 4),
+                "last_loss": round(r["last_loss"], 4),
+                "torchrun_s": wall,
+            },
+            f"{r['backend']}, {r['norm']}; {DDP_ITERS} its, tolerance: losses {DDP_LOSS_RTOL:g} rel., "
+            f"step 1 ‖θ_ddp−θ_one‖/‖θ_one−θ0‖ ≤ {DDP_STEP_RTOL:g}",
+        )
 
 
 def _no_dropout(model: nn.Module) -> None:
@@ -329,8 +395,18 @@ def _flat(model: nn.Module) -> Tensor:
     return torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
 
 
-def _steps(net: nn.Module, model: nn.Module, method: str, recipe: dict[str, Any], hw: tuple[int, int],
-           micro: int, accum: int, rank: int, world: int, device: torch.device) -> tuple[list[float], Tensor]:
+def _steps(
+    net: nn.Module,
+    model: nn.Module,
+    method: str,
+    recipe: dict[str, Any],
+    hw: tuple[int, int],
+    micro: int,
+    accum: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> tuple[list[float], Tensor]:
     """(losses, parameters after the first step) of ``DDP_ITERS`` iterations. Rank ``r``'s micro-batch ``a``
     of iteration ``it`` holds samples from ``((it·accum + a)·world + r)·micro``, so each iteration covers
     the same global batch for any layout."""
@@ -412,12 +488,20 @@ def ddp_worker(spec_path: Path) -> None:
                 one_accum = micro * accum * world // one_micro
                 one_losses, one_first = _steps(one, one, method, recipe, hw, one_micro, one_accum, 0, 1, device)
                 delta = (ddp_first - one_first).norm() / (one_first - start).norm().clamp_min(1e-12)
-                results.append({
-                    "method": method, "config": config, "backend": dist.get_backend(),
-                    "norm": "SyncBatchNorm" if synced else ("per-rank BN" if has_bn else "no BN"),
-                    "loss_rel": max(abs(a - b) / max(abs(b), 1e-12)
-                                    for a, b in zip(ddp_losses, one_losses, strict=True)),
-                    "step_rel": float(delta), "first_loss": one_losses[0], "last_loss": one_losses[-1]})
+                results.append(
+                    {
+                        "method": method,
+                        "config": config,
+                        "backend": dist.get_backend(),
+                        "norm": "SyncBatchNorm" if synced else ("per-rank BN" if has_bn else "no BN"),
+                        "loss_rel": max(
+                            abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ddp_losses, one_losses, strict=True)
+                        ),
+                        "step_rel": float(delta),
+                        "first_loss": one_losses[0],
+                        "last_loss": one_losses[-1],
+                    }
+                )
                 del one
         except Exception as err:  # noqa: BLE001 - reported as this method's row
             results.append({"method": method, "config": config, "error": _error(err)})
@@ -468,8 +552,14 @@ def _eval_row(ctx: Context, method: str, config: str, model: nn.Module, proto: P
     metrics: dict[str, float | str] = {"s_per_img": round(sec, 3), "img_s": round(1 / sec, 3), "peak_gb": peak}
     if isinstance(peak, float):
         metrics["headroom_gb"] = round(MEMORY_GB - peak, 1)
-    ctx.add("eval", method, config, "pass" if fits else "fail", metrics,
-            "" if fits else f"peak memory above {MEMORY_GB:g} GB")
+    ctx.add(
+        "eval",
+        method,
+        config,
+        "pass" if fits else "fail",
+        metrics,
+        "" if fits else f"peak memory above {MEMORY_GB:g} GB",
+    )
 
 
 def check_metrics(ctx: Context) -> None:
@@ -493,10 +583,18 @@ def check_metrics(ctx: Context) -> None:
         same = all(np.array_equal(cpu.state[k].cpu().numpy(), dev.state[k].cpu().numpy()) for k in cpu.state)
         a, b = (e.compute().average_scores for e in (cpu, dev))
         same = same and all(a[k] == b[k] or math.isnan(a[k]) and math.isnan(b[k]) for k in a)
-        ctx.add("metrics", "-", config, "pass" if same else "fail",
-                {"IoU_classes": round(a["averageScoreClasses"], 6),
-                 "iIoU_classes": round(a["averageScoreInstClasses"], 6),
-                 "device_s": round(sec, 4)}, "" if same else "accumulated states or scores differ")
+        ctx.add(
+            "metrics",
+            "-",
+            config,
+            "pass" if same else "fail",
+            {
+                "IoU_classes": round(a["averageScoreClasses"], 6),
+                "iIoU_classes": round(a["averageScoreInstClasses"], 6),
+                "device_s": round(sec, 4),
+            },
+            "" if same else "accumulated states or scores differ",
+        )
 
 
 def check_options(ctx: Context) -> None:
@@ -516,8 +614,13 @@ def check_options(ctx: Context) -> None:
             model = _channels_last(model)
             xc = x.contiguous(memory_format=torch.channels_last)
             cl = _seconds(_forward(ctx, model, xc), ctx.device, repeats)
-            ctx.add("channels_last", method, config, "pass",
-                    {"eager_ms": round(eager * 1e3, 2), "ms": round(cl * 1e3, 2), "speedup": round(eager / cl, 3)})
+            ctx.add(
+                "channels_last",
+                method,
+                config,
+                "pass",
+                {"eager_ms": round(eager * 1e3, 2), "ms": round(cl * 1e3, 2), "speedup": round(eager / cl, 3)},
+            )
             measured.update(model=model, x=xc, eager=eager)
         if not measured:
             ctx.add("compile", method, config, "skip", note="channels_last run failed")
@@ -528,14 +631,17 @@ def check_options(ctx: Context) -> None:
 
 def _forward(ctx: Context, model: Callable[[Tensor], Any], x: Tensor) -> Callable[[], Any]:
     """An eval forward without grad, bf16 autocast on CUDA (fp32 on CPU, where bf16 is emulated)."""
+
     def run() -> Any:
         with torch.no_grad(), _autocast(ctx.device, ctx.device.type == "cuda"):
             return model(x)
+
     return run
 
 
-def _check_compile(ctx: Context, method: str, config: str, model: nn.Module, x: Tensor, eager: float,
-                   repeats: int) -> None:
+def _check_compile(
+    ctx: Context, method: str, config: str, model: nn.Module, x: Tensor, eager: float, repeats: int
+) -> None:
     """torch.compile (inductor on CUDA; the ``eager`` backend on CPU, which checks graph capture without a
     C++ toolchain) where the time budget allows; a refusal is a ``skip`` row saying why."""
     backend = "eager" if ctx.smoke else "inductor"
@@ -557,9 +663,18 @@ def _check_compile(ctx: Context, method: str, config: str, model: nn.Module, x: 
         return
     finally:
         torch._dynamo.reset()
-    ctx.add("compile", method, config, "pass",
-            {"backend": backend, "compile_s": round(first, 1), "ms": round(sec * 1e3, 2),
-             "speedup_vs_eager": round(eager / sec, 3)})
+    ctx.add(
+        "compile",
+        method,
+        config,
+        "pass",
+        {
+            "backend": backend,
+            "compile_s": round(first, 1),
+            "ms": round(sec * 1e3, 2),
+            "speedup_vs_eager": round(eager / sec, 3),
+        },
+    )
 
 
 def peak_tflops(name: str) -> float | None:
@@ -585,8 +700,11 @@ def check_roofline(ctx: Context) -> None:
 
         sec = _seconds(run, ctx.device, repeats=2 if ctx.smoke else 10, warmup=1 if ctx.smoke else 3)
         achieved = flops / sec / 1e12
-        metrics: dict[str, float | str] = {"gflop_per_img": round(flops / 1e9, 1), "img_s": round(1 / sec, 3),
-                                           "achieved_tflops": round(achieved, 3)}
+        metrics: dict[str, float | str] = {
+            "gflop_per_img": round(flops / 1e9, 1),
+            "img_s": round(1 / sec, 3),
+            "achieved_tflops": round(achieved, 3),
+        }
         gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor() or "CPU"
         peak = peak_tflops(gpu) if ctx.device.type == "cuda" else None
         if peak is None:
@@ -594,13 +712,24 @@ def check_roofline(ctx: Context) -> None:
             return
         frac = achieved / peak
         metrics.update(peak_tflops=peak, fraction=round(frac, 3))
-        ctx.add("roofline", "ann", config, "pass" if frac >= ROOFLINE_TARGET else "below target", metrics,
-                f"target ≥ {ROOFLINE_TARGET:.0%} of {peak:g} TFLOPS")
+        ctx.add(
+            "roofline",
+            "ann",
+            config,
+            "pass" if frac >= ROOFLINE_TARGET else "below target",
+            metrics,
+            f"target ≥ {ROOFLINE_TARGET:.0%} of {peak:g} TFLOPS",
+        )
 
 
 CHECKS: tuple[tuple[str, Callable[[Context], None]], ...] = (
-    ("fixtures", check_fixtures), ("train", check_train), ("ddp", check_ddp), ("eval", check_eval),
-    ("metrics", check_metrics), ("options", check_options), ("roofline", check_roofline),
+    ("fixtures", check_fixtures),
+    ("train", check_train),
+    ("ddp", check_ddp),
+    ("eval", check_eval),
+    ("metrics", check_metrics),
+    ("options", check_options),
+    ("roofline", check_roofline),
 )
 CHECK_NAMES = ("fixtures", "train", "ddp", "eval", "metrics", "channels_last", "compile", "roofline")
 
@@ -619,8 +748,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     from segrepro.models.bench import machine
 
     env: dict[str, Any] = {
-        "machine": machine(), "host": platform.node(), "python": platform.python_version(),
-        "torch": torch.__version__, "cuda": torch.version.cuda or "none", "threads": torch.get_num_threads(),
+        "machine": machine(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "threads": torch.get_num_threads(),
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": str(device),
     }
@@ -640,23 +773,33 @@ def markdown(report: dict[str, Any]) -> str:
     title = "CPU smoke (tiny variants, small sizes; not a GPU result)" if report["smoke"] else "GPU check"
     lines = [f"# {title}", ""]
     lines += [f"- {k}: {_cell(v)}" for k, v in env.items()]
-    lines += [f"- total: {report['seconds']:.0f} s (budget {report['budget_s']:.0f} s)",
-              f"- result: **{'PASS' if report['ok'] else 'FAIL'}** "
-              f"({', '.join(f'{k} {v}' for k, v in report['counts'].items())})", ""]
+    lines += [
+        f"- total: {report['seconds']:.0f} s (budget {report['budget_s']:.0f} s)",
+        f"- result: **{'PASS' if report['ok'] else 'FAIL'}** "
+        f"({', '.join(f'{k} {v}' for k, v in report['counts'].items())})",
+        "",
+    ]
     lines += ["| check | method | configuration | status | measurements | note |", "|---|---|---|---|---|---|"]
     for r in report["rows"]:
         figures = ", ".join(f"{k} {v}" for k, v in r["metrics"].items())
-        lines.append(f"| {r['check']} | {r['method']} | {_cell(r['config'])} | {r['status']} | {_cell(figures)} | "
-                     f"{_cell(r['note'])} |")
+        lines.append(
+            f"| {r['check']} | {r['method']} | {_cell(r['config'])} | {r['status']} | {_cell(figures)} | "
+            f"{_cell(r['note'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def find_fixtures(explicit: Path | None) -> Path | None:
     """``--fixtures``, else the in-tree copy (tests/fixtures/reference), else ../shared/reference/fixtures;
     a folder counts only when it holds every file the cases read."""
-    candidates = [explicit] if explicit else [REPO / "tests" / "fixtures" / "reference",
-                                              Path(os.environ.get("SEGREPRO_REFERENCE", REPO.parent / "shared" /
-                                                                  "reference")) / "fixtures"]
+    candidates = (
+        [explicit]
+        if explicit
+        else [
+            REPO / "tests" / "fixtures" / "reference",
+            Path(os.environ.get("SEGREPRO_REFERENCE", REPO.parent / "shared" / "reference")) / "fixtures",
+        ]
+    )
     for c in candidates:
         if c and all((c / f).is_file() for f in fixture_files()):
             return c
@@ -665,8 +808,13 @@ def find_fixtures(explicit: Path | None) -> Path | None:
     return None
 
 
-def run_checks(out: Path, smoke: bool, fixtures: Path | None = None, budget_s: float = BUDGET_S,
-               params: Path = REPO / "params.yaml") -> dict[str, Any]:
+def run_checks(
+    out: Path,
+    smoke: bool,
+    fixtures: Path | None = None,
+    budget_s: float = BUDGET_S,
+    params: Path = REPO / "params.yaml",
+) -> dict[str, Any]:
     if not smoke and not torch.cuda.is_available():
         raise UserError("no CUDA device visible; run with --cpu-smoke for the CPU variant")
     if not params.is_file():
@@ -682,8 +830,15 @@ def run_checks(out: Path, smoke: bool, fixtures: Path | None = None, budget_s: f
     counts: dict[str, int] = {}
     for r in ctx.rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-    report = {"smoke": smoke, "ok": counts.get("fail", 0) == 0, "seconds": seconds, "budget_s": budget_s,
-              "counts": counts, "environment": environment(device), "rows": [asdict(r) for r in ctx.rows]}
+    report = {
+        "smoke": smoke,
+        "ok": counts.get("fail", 0) == 0,
+        "seconds": seconds,
+        "budget_s": budget_s,
+        "counts": counts,
+        "environment": environment(device),
+        "rows": [asdict(r) for r in ctx.rows],
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "gpu-check.md").write_text(markdown(report))

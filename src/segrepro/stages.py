@@ -24,8 +24,9 @@ from segrepro.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def resolved_config(method: str, recipe: str | None, overrides: Sequence[str],
-                    params_path: Path) -> tuple[dict, Recipe]:
+def resolved_config(
+    method: str, recipe: str | None, overrides: Sequence[str], params_path: Path
+) -> tuple[dict, Recipe]:
     """params.yaml (+ ``--set``), checked as a whole, and ``method``'s validated recipe: before any work."""
     params = apply_overrides(load_params(params_path), overrides)
     validate_params(params)
@@ -74,8 +75,11 @@ class InitWeights:
             model.load_state_dict(state)
         except (RuntimeError, AttributeError, TypeError) as err:
             first = " ".join(str(err).split())[:300]
-            raise UserError(f"{self.path}: the {self.source} weights do not fit this recipe's model ({first}); "
-                            "give both stages the same variant and num_classes", exit_code=2) from None
+            raise UserError(
+                f"{self.path}: the {self.source} weights do not fit this recipe's model ({first}); "
+                "give both stages the same variant and num_classes",
+                exit_code=2,
+            ) from None
 
 
 def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeights | None:
@@ -84,15 +88,21 @@ def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeight
 
     if cfg.init_from is None:
         if init is not None:
-            raise UserError(f"--init {init}: recipes.{cfg.method}.{cfg.recipe} has no init_from; drop --init or "
-                            "add init_from: <method>/<recipe> to the recipe", exit_code=2)
+            raise UserError(
+                f"--init {init}: recipes.{cfg.method}.{cfg.recipe} has no init_from; drop --init or "
+                "add init_from: <method>/<recipe> to the recipe",
+                exit_code=2,
+            )
         return None
     first_method, _, first_recipe = cfg.init_from.partition("/")
     path = Path(init) if init is not None else Path(out).parent / f"{first_method}-{first_recipe}" / "model.pt"
     if not path.is_file():
-        raise UserError(f"{path}: trained weights of {cfg.init_from} not found (recipes.{cfg.method}.{cfg.recipe}."
-                        f"init_from); train that stage first: segrepro train --method {first_method} --recipe "
-                        f"{first_recipe} --out {path.parent}", exit_code=2)
+        raise UserError(
+            f"{path}: trained weights of {cfg.init_from} not found (recipes.{cfg.method}.{cfg.recipe}."
+            f"init_from); train that stage first: segrepro train --method {first_method} --recipe "
+            f"{first_recipe} --out {path.parent}",
+            exit_code=2,
+        )
     return InitWeights(cfg.init_from, path, sha256_file(path))
 
 
@@ -155,8 +165,13 @@ def train(
     if dist.is_main:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.record(), sort_keys=False))
         tags = {
-            "method": method, "recipe": cfg.recipe, "dataset": dataset_name, "stage": "train",
-            "variant": str(cfg.variant), **git_state(), **environment_tags(dist.world_size),
+            "method": method,
+            "recipe": cfg.recipe,
+            "dataset": dataset_name,
+            "stage": "train",
+            "variant": str(cfg.variant),
+            **git_state(),
+            **environment_tags(dist.world_size),
         }
         data_hash = dvc_data_hash(root)
         if data_hash:
@@ -169,21 +184,39 @@ def train(
     status = "FAILED"
     try:
         result = run_training(
-            cfg, model, train_set, lambda g: build_train_transforms(augment, norm, generator=g),
-            make_objective, out, dist, iterations, resume=resume, tracker=tracker,
+            cfg,
+            model,
+            train_set,
+            lambda g: build_train_transforms(augment, norm, generator=g),
+            make_objective,
+            out,
+            dist,
+            iterations,
+            resume=resume,
+            tracker=tracker,
         )
         summary: dict[str, Any] = {
-            "method": method, "recipe": cfg.recipe, "iterations": result.iterations,
-            "checkpoint": str(result.final_checkpoint), "seconds_per_iter": result.seconds_per_iter,
-            **layout.as_dict(), "gpus": cfg.gpus, **(start.record() if start else {}),
+            "method": method,
+            "recipe": cfg.recipe,
+            "iterations": result.iterations,
+            "checkpoint": str(result.final_checkpoint),
+            "seconds_per_iter": result.seconds_per_iter,
+            **layout.as_dict(),
+            "gpus": cfg.gpus,
+            **(start.record() if start else {}),
         }
         if dist.is_main:
             assert tracker is not None
             export_weights(result.final_checkpoint, out / "model.pt")
             summary["model"] = str(out / "model.pt")
             size, label_size = cfg.eval_sizes(at_train_crop=True)
-            val_set = get_dataset(dataset_name, root, cfg.val_split,
-                                  transform=build_eval_transforms(norm, size, label_size), **reader_kwargs)
+            val_set = get_dataset(
+                dataset_name,
+                root,
+                cfg.val_split,
+                transform=build_eval_transforms(norm, size, label_size),
+                **reader_kwargs,
+            )
             if cfg.self_supervised:
                 scores = quick_validate_ssl(model, val_set, dist.device)
                 summary["val_mIoU"] = scores["mIoU"]
@@ -216,7 +249,9 @@ def synth(dataset: str, out: Path | None = None, params_path: Path = Path("param
     params = load_params(params_path)
     table = params.get("synth") or {}
     if dataset not in table:
-        raise UserError(f"{params_path}: no synth.{dataset} entry; add one (size, split_sizes, seed) or pick one of {sorted(table)}")
+        raise UserError(
+            f"{params_path}: no synth.{dataset} entry; add one (size, split_sizes, seed) or pick one of {sorted(table)}"
+        )
     cfg = table[dataset] or {}
     root = Path(out) if out is not None else Path((params.get("data") or {}).get(dataset, f"data/{dataset}"))
     written = synth_dataset(dataset, root, cfg.get("split_sizes"), cfg.get("size"), int(cfg.get("seed", 0)))
@@ -225,8 +260,11 @@ def synth(dataset: str, out: Path | None = None, params_path: Path = Path("param
 
 
 def leaderboard(
-    runs: Path = Path("runs"), out: Path = Path("leaderboard"), params_path: Path = Path("params.yaml"),
-    methods: Sequence[str] | None = None, log_mlflow: bool = True,
+    runs: Path = Path("runs"),
+    out: Path = Path("leaderboard"),
+    params_path: Path = Path("params.yaml"),
+    methods: Sequence[str] | None = None,
+    log_mlflow: bool = True,
 ) -> dict[str, Any]:
     """Collect the run folders of ``methods`` (default: the params.yaml ``benchmark:`` rows, runs/<row>) into
     the leaderboard files; log them as a ``stage=leaderboard`` MLflow run and register each method's weights."""
@@ -279,8 +317,10 @@ def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_clas
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"{checkpoint}: not a loadable state_dict ({type(err).__name__}); pass a plain "
-                        "state_dict such as runs/<method>/model.pt") from None
+        raise UserError(
+            f"{checkpoint}: not a loadable state_dict ({type(err).__name__}); pass a plain "
+            "state_dict such as runs/<method>/model.pt"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     model = build(method, variant=variant, num_classes=num_classes)
@@ -288,8 +328,9 @@ def load_eval_model(method: str, checkpoint: Path, variant: str | None, num_clas
         model.load_state_dict(state)
     except (RuntimeError, AttributeError, TypeError) as err:
         first = " ".join(str(err).split())[:300]
-        raise UserError(f"{checkpoint}: does not fit {method}/{variant or 'default'} ({first}); check --method "
-                        "and --variant") from None
+        raise UserError(
+            f"{checkpoint}: does not fit {method}/{variant or 'default'} ({first}); check --method and --variant"
+        ) from None
     return model.eval()
 
 
@@ -346,8 +387,10 @@ class TrainedModel:
         if cfg.method != self.method:
             raise RecipeError(f"{where}: the run trained {cfg.method}, not {self.method}; pass --method {cfg.method}")
         if self.recipe is not None and self.recipe != cfg.recipe:
-            raise RecipeError(f"--recipe {self.recipe}: the run's config ({where}) records recipe {cfg.recipe}; drop "
-                            "--recipe (it is only for checkpoints without a config)")
+            raise RecipeError(
+                f"--recipe {self.recipe}: the run's config ({where}) records recipe {cfg.recipe}; drop "
+                "--recipe (it is only for checkpoints without a config)"
+            )
         if not Path(self.params_path).is_file():
             return cfg, where, None
         try:
@@ -357,8 +400,10 @@ class TrainedModel:
             changed = [f"it no longer resolves ({err})"]
         if not changed:
             return cfg, where, None
-        note = (f"{self.params_path} recipes.{self.method}.{cfg.recipe} differs from the run's config "
-                f"({'; '.join(changed)}); using the run's config {where}")
+        note = (
+            f"{self.params_path} recipes.{self.method}.{cfg.recipe} differs from the run's config "
+            f"({'; '.join(changed)}); using the run's config {where}"
+        )
         if self.strict_config:
             raise RecipeError(f"{note} (--strict-config); retrain, or drop --strict-config")
         return cfg, where, note
@@ -400,9 +445,17 @@ def _run_recipe(method: str, checkpoint: Path, run: Path | None, params_path: Pa
 
 
 def predict(
-    method: str, checkpoint: Path, inputs: Sequence[str], run: Path | None = None, out: Path = Path("predictions"),
-    protocol: str = "official", formats: str | None = None, alpha: float = 0.5, device: str = "auto",
-    tile_batch: int = 4, params_path: Path = Path("params.yaml"),
+    method: str,
+    checkpoint: Path,
+    inputs: Sequence[str],
+    run: Path | None = None,
+    out: Path = Path("predictions"),
+    protocol: str = "official",
+    formats: str | None = None,
+    alpha: float = 0.5,
+    device: str = "auto",
+    tile_batch: int = 4,
+    params_path: Path = Path("params.yaml"),
 ) -> dict[str, Any]:
     """Predict image files, folders or globs with a trained model; overlays and label PNGs at input size."""
     import sys
@@ -442,24 +495,45 @@ def predict(
         palette = SSL_QUERY_COLOURS[np.arange(queries) % len(SSL_QUERY_COLOURS)]
     else:
         names, palette = list(get_spec(dataset_name).class_names), class_palette(dataset_name)
-    log.info("predict: %s/%s from %s, %s, on %s", method, cfg.variant, source,
-             "official 480² query maps" if self_supervised else proto.describe(), dev)
+    log.info(
+        "predict: %s/%s from %s, %s, on %s",
+        method,
+        cfg.variant,
+        source,
+        "official 480² query maps" if self_supervised else proto.describe(),
+        dev,
+    )
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    result = predict_images(ImagePredictor(model.to(dev), transform, proto, dev, self_supervised, tile_batch),
-                            images, Outputs(Path(out), fmt, names, palette, alpha))
+    result = predict_images(
+        ImagePredictor(model.to(dev), transform, proto, dev, self_supervised, tile_batch),
+        images,
+        Outputs(Path(out), fmt, names, palette, alpha),
+    )
     failed = problems + result.failed
-    summary = {"images": result.images, "files": len(result.written), "out": str(out), "failed": failed,
-               "config": source}
+    summary = {
+        "images": result.images,
+        "files": len(result.written),
+        "out": str(out),
+        "failed": failed,
+        "config": source,
+    }
     if failed:
-        raise UserError(f"{len(failed)} input(s) failed (listed above); {result.images} image(s) predicted "
-                        f"into {out}", exit_code=1)
+        raise UserError(
+            f"{len(failed)} input(s) failed (listed above); {result.images} image(s) predicted into {out}", exit_code=1
+        )
     return summary
 
 
-def visualize_offsets(checkpoint: Path, image: Path, gt: Path | None = None, out: Path | None = None,
-                      run: Path | None = None, device: str = "auto",
-                      params_path: Path = Path("params.yaml")) -> Path:
+def visualize_offsets(
+    checkpoint: Path,
+    image: Path,
+    gt: Path | None = None,
+    out: Path | None = None,
+    run: Path | None = None,
+    device: str = "auto",
+    params_path: Path = Path("params.yaml"),
+) -> Path:
     """AlignSeg's learned-offset figure for one image (and its ground truth), written as a PNG."""
     import numpy as np
 
@@ -475,16 +549,20 @@ def visualize_offsets(checkpoint: Path, image: Path, gt: Path | None = None, out
         try:
             return read_rgb(path) if what == "image" else _read_label(path)
         except (OSError, ValueError) as err:
-            raise UserError(f"{path}: cannot read the {what} ({type(err).__name__}); pass a PNG or JPEG",
-                            exit_code=2) from None
+            raise UserError(
+                f"{path}: cannot read the {what} ({type(err).__name__}); pass a PNG or JPEG", exit_code=2
+            ) from None
 
     rgb = read(Path(image), "image")
     gt_rgb = None
     if gt is not None:
         label = read(Path(gt), "ground truth")
         if label.shape[:2] != rgb.shape[:2]:
-            raise UserError(f"{gt}: {label.shape[1]}x{label.shape[0]} ground truth for a "
-                            f"{rgb.shape[1]}x{rgb.shape[0]} image; pass the image's own label PNG", exit_code=2)
+            raise UserError(
+                f"{gt}: {label.shape[1]}x{label.shape[0]} ground truth for a "
+                f"{rgb.shape[1]}x{rgb.shape[0]} image; pass the image's own label PNG",
+                exit_code=2,
+            )
         label_ids = "labelIds" in Path(gt).name and "TrainIds" not in Path(gt).name
         gt_rgb = label if label.ndim == 3 else colourise(label, dataset_name, label_ids)
     model = load_eval_model("alignseg", checkpoint, cfg.variant, cfg.model_num_classes())
@@ -536,36 +614,73 @@ def evaluate(
         require_mlflow("the evaluation's MLflow run", optional=True)
     method, checkpoint = trained.method, trained.checkpoint
     cfg, source = _announce(trained)
-    proto = resolve_protocol(cfg.official_protocols(), protocol, split, scales=scales, flip=flip, crop=crop,
-                             stride=stride)
+    proto = resolve_protocol(
+        cfg.official_protocols(), protocol, split, scales=scales, flip=flip, crop=crop, stride=stride
+    )
     root, model = trained.root(cfg, data), trained.build(cfg)
     dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     out = Path(out or Path("runs") / method / "eval")
     device = _device(trained.device)
     with _measure_cost(device) as cost:
-        report = run_evaluation(cfg, model, root, split, proto, device,
-                                save_pred=save_pred, pred_kind=pred_kind, overlays=overlays,
-                                overlay_dir=out / "overlays", workers=trained.workers, tile_batch=trained.tile_batch)
+        report = run_evaluation(
+            cfg,
+            model,
+            root,
+            split,
+            proto,
+            device,
+            save_pred=save_pred,
+            pred_kind=pred_kind,
+            overlays=overlays,
+            overlay_dir=out / "overlays",
+            workers=trained.workers,
+            tile_batch=trained.tile_batch,
+        )
     images = len(get_dataset(dataset_name, root, split))
-    info = {"method": method, "variant": str(variant), "split": split, "protocol": proto.describe(),
-            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)), "config": source,
-            "images": images, "eval_img_per_s": images / cost["seconds"] if cost["seconds"] > 0 else None,
-            "peak_mem_MB": cost["peak_mem_MB"], "device": str(device)}
+    info = {
+        "method": method,
+        "variant": str(variant),
+        "split": split,
+        "protocol": proto.describe(),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "config": source,
+        "images": images,
+        "eval_img_per_s": images / cost["seconds"] if cost["seconds"] > 0 else None,
+        "peak_mem_MB": cost["peak_mem_MB"],
+        "device": str(device),
+    }
     report.json_dict.setdefault("segrepro", {}).update(info)
     files = write_report(report, out)
     if method == "alignseg":  # the seed's learned-offset figure, on the split's first image
         files["offsets"] = _eval_offsets_figure(cfg, model, root, split, out / "offsets.png", device)
     summary: dict[str, Any] = {**info, **report.metrics, "out": str(out)}
     if track:
-        tags = {"stage": "evaluate", "method": method, "dataset": dataset_name, "split": split,
-                "protocol": proto.name, "variant": str(variant), **git_state(), **environment_tags(1)}
+        tags = {
+            "stage": "evaluate",
+            "method": method,
+            "dataset": dataset_name,
+            "split": split,
+            "protocol": proto.name,
+            "variant": str(variant),
+            **git_state(),
+            **environment_tags(1),
+        }
         parent = _train_run_id(method, Path(checkpoint))
         if parent:
             tags["parent_train_run_id"] = parent
-        params = {"protocol": proto.name, "scales": list(proto.scales), "flip": proto.flip, "crop": proto.crop,
-                  "stride": proto.tile_stride, "checkpoint_sha256": info["checkpoint_sha256"], "split": split}
-        tracker = MlflowTracker(run_name=f"{method}-eval-{proto.name}", tags=tags, params=params,
-                                dataset=dataset_name, parent_run_id=parent)
+        params = {
+            "protocol": proto.name,
+            "scales": list(proto.scales),
+            "flip": proto.flip,
+            "crop": proto.crop,
+            "stride": proto.tile_stride,
+            "checkpoint_sha256": info["checkpoint_sha256"],
+            "split": split,
+        }
+        tracker = MlflowTracker(
+            run_name=f"{method}-eval-{proto.name}", tags=tags, params=params, dataset=dataset_name, parent_run_id=parent
+        )
         status = "FAILED"
         try:
             tracker.log_dataset(dataset_name, split, root, dvc_data_hash(root), "evaluation")
@@ -610,8 +725,7 @@ def _measure_cost(device: Any) -> Any:
         torch.cuda.synchronize(device)
     cost["seconds"] = time.perf_counter() - start
     try:
-        cost["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
-                               else _rss_kb("VmHWM") / 1024)
+        cost["peak_mem_MB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_kb("VmHWM") / 1024
     except OSError:  # no /proc (not Linux): leave the figure empty rather than guess
         pass
 
@@ -652,26 +766,47 @@ def submit_predict(
     dataset_name, variant = cfg.dataset, trained.variant or cfg.variant
     if dataset_name != "cityscapes":
         raise UserError(f"{method}: submissions are for the Cityscapes test server; its recipe uses {dataset_name}")
-    manifest = {"method": method, "variant": str(variant), "checkpoint": Path(checkpoint).name,
-                "checkpoint_sha256": sha256_file(Path(checkpoint)), "protocol": proto.describe(),
-                "protocol_settings": asdict(proto), "split": split, "format": "labelIds, 8-bit PNG, full size",
-                "git_sha": git_state()["git_sha"], "config": source,
-                "train_mlflow_run_id": _train_run_id(method, Path(checkpoint))}
+    manifest = {
+        "method": method,
+        "variant": str(variant),
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "protocol": proto.describe(),
+        "protocol_settings": asdict(proto),
+        "split": split,
+        "format": "labelIds, 8-bit PNG, full size",
+        "git_sha": git_state()["git_sha"],
+        "config": source,
+        "train_mlflow_run_id": _train_run_id(method, Path(checkpoint)),
+    }
     root, model = trained.root(cfg, data), trained.build(cfg)
     folder = open_prediction_dir(Path(out), manifest)
     dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = [prediction_name(stem_of(p)) for p in dataset.images]
     done = sum((folder / n).is_file() for n in names)
-    for pred in iter_predictions(model, dataset, proto, _device(trained.device), desc="submission",
-                                 skip=lambda i: (folder / names[i]).is_file(), workers=trained.workers,
-                                 tile_batch=trained.tile_batch):
+    for pred in iter_predictions(
+        model,
+        dataset,
+        proto,
+        _device(trained.device),
+        desc="submission",
+        skip=lambda i: (folder / names[i]).is_file(),
+        workers=trained.workers,
+        tile_batch=trained.tile_batch,
+    ):
         save_prediction(pred.classes, folder / names[pred.sample["index"]], "labelIds")
-    return {"predictions": str(folder), "count": len(names), "resumed": done, "protocol": proto.describe(),
-            "config": source}
+    return {
+        "predictions": str(folder),
+        "count": len(names),
+        "resumed": done,
+        "protocol": proto.describe(),
+        "config": source,
+    }
 
 
-def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: str = "test",
-                   track: bool = True) -> dict[str, Any]:
+def submit_package(
+    pred_dir: Path, out: Path, data: Path | None = None, split: str = "test", track: bool = True
+) -> dict[str, Any]:
     """Zip a prediction folder into a server archive (PNGs only) and write ``X.zip.manifest.json`` beside it.
 
     With ``data``, exactly one prediction per image of the split is required; without it, every
@@ -698,13 +833,23 @@ def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: s
         from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, git_state
 
         manifest = json.loads(Path(summary["manifest"]).read_text())
-        tags = {"stage": "submit", "method": str(manifest.get("method", "unknown")), "split": split,
-                "dataset": "cityscapes", **git_state()}
+        tags = {
+            "stage": "submit",
+            "method": str(manifest.get("method", "unknown")),
+            "split": split,
+            "dataset": "cityscapes",
+            **git_state(),
+        }
         params = {k: summary[k] for k in ("archive_sha256", "manifest_sha256", "predictions")}
         params.update({k: manifest[k] for k in ("checkpoint_sha256", "protocol") if k in manifest})
         # nested under the training run, in the Cityscapes experiment (submissions are for its test server)
-        tracker = MlflowTracker(run_name=f"{tags['method']}-submit", tags=tags, params=params, dataset="cityscapes",
-                                parent_run_id=manifest.get("train_mlflow_run_id"))
+        tracker = MlflowTracker(
+            run_name=f"{tags['method']}-submit",
+            tags=tags,
+            params=params,
+            dataset="cityscapes",
+            parent_run_id=manifest.get("train_mlflow_run_id"),
+        )
         status = "FAILED"
         try:
             if data is not None:
@@ -718,7 +863,11 @@ def submit_package(pred_dir: Path, out: Path, data: Path | None = None, split: s
 
 
 def submit_build(
-    trained: TrainedModel, data: Path, out: Path, protocol: str = "official", split: str = "test",
+    trained: TrainedModel,
+    data: Path,
+    out: Path,
+    protocol: str = "official",
+    split: str = "test",
     track: bool = True,
 ) -> dict[str, Any]:
     """:func:`submit_predict` into ``X.zip.parts/``, then :func:`submit_package`; the staging folder goes."""
@@ -733,8 +882,13 @@ def submit_build(
     predicted = submit_predict(trained, data, staging_dir(out), protocol, split)
     packaged = submit_package(staging_dir(out), out, data, split, track)
     shutil.rmtree(staging_dir(out))
-    return {**packaged, "predictions": predicted["count"], "resumed": predicted["resumed"],
-            "protocol": predicted["protocol"], "config": predicted["config"]}
+    return {
+        **packaged,
+        "predictions": predicted["count"],
+        "resumed": predicted["resumed"],
+        "protocol": predicted["protocol"],
+        "config": predicted["config"],
+    }
 
 
 def submit_validate(archive: Path, data: Path, split: str = "test", max_mb: float | None = None) -> dict[str, Any]:

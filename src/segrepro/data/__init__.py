@@ -50,17 +50,34 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "cityscapes": DatasetSpec(
-        "cityscapes", "segrepro.data.cityscapes", "CityscapesDataset", 19, 255, ("train", "val", "test"), (8, 4, 4), (256, 512),
-        ("trainval", "trainval_coarse"), ("train_extra",),
+        "cityscapes",
+        "segrepro.data.cityscapes",
+        "CityscapesDataset",
+        19,
+        255,
+        ("train", "val", "test"),
+        (8, 4, 4),
+        (256, 512),
+        ("trainval", "trainval_coarse"),
+        ("train_extra",),
     ),
     "voc": DatasetSpec("voc", "segrepro.data.voc", "VOCDataset", 21, 255, ("trainaug", "val"), (8, 4), (256, 320)),
     "coco_stuff27": DatasetSpec(
         "coco_stuff27", "segrepro.data.coco_stuff", "CocoStuff27Dataset", 27, 255, ("train", "val"), (8, 4), (256, 320)
     ),
     "pascal_context": DatasetSpec(
-        "pascal_context", "segrepro.data.pascal_context", "PascalContextDataset", 59, 255, ("train", "val"), (8, 4), (256, 320)
+        "pascal_context",
+        "segrepro.data.pascal_context",
+        "PascalContextDataset",
+        59,
+        255,
+        ("train", "val"),
+        (8, 4),
+        (256, 320),
     ),
-    "ade20k": DatasetSpec("ade20k", "segrepro.data.ade20k", "ADE20KDataset", 150, 255, ("train", "val"), (8, 4), (256, 256)),
+    "ade20k": DatasetSpec(
+        "ade20k", "segrepro.data.ade20k", "ADE20KDataset", 150, 255, ("train", "val"), (8, 4), (256, 256)
+    ),
 }
 
 
@@ -93,14 +110,17 @@ def parse_split_sizes(spec: DatasetSpec, text: str) -> dict[str, int]:
     if not len(spec.splits) <= len(sizes) <= len(names) or min(sizes) < 1:
         optional = f" (then optionally {'/'.join(spec.extra_splits)})" if spec.extra_splits else ""
         raise UserError(
-            f"--split-sizes '{text}' must be {len(spec.splits)} positive integers for {'/'.join(spec.splits)}"
-            f"{optional}"
+            f"--split-sizes '{text}' must be {len(spec.splits)} positive integers for {'/'.join(spec.splits)}{optional}"
         )
     return dict(zip(names, sizes, strict=False))
 
 
 def synth_dataset(
-    name: str, out: Path, split_sizes: str | dict[str, int] | None = None, size: str | tuple[int, int] | None = None, seed: int = 0
+    name: str,
+    out: Path,
+    split_sizes: str | dict[str, int] | None = None,
+    size: str | tuple[int, int] | None = None,
+    seed: int = 0,
 ) -> Path:
     """Write a synthetic dataset in the official layout of ``name``; returns the output folder."""
     spec = get_spec(name)

@@ -14,10 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from segrepro.data.paired import (
-    PairedDataset, Transform, folder_pairs, check_pairs, shift_lut, synth_scenes, write_jpeg, write_prepared,
+    PairedDataset,
+    Transform,
+    check_pairs,
+    folder_pairs,
+    shift_lut,
+    synth_scenes,
+    write_jpeg,
+    write_prepared,
 )
 from segrepro.data.synth_scene import SceneClass, SceneComposer
-from segrepro.data.validate import atomic_output_dir, raise_problems, split_count_problems, unexpected_entries, write_png
+from segrepro.data.validate import (
+    atomic_output_dir,
+    raise_problems,
+    split_count_problems,
+    unexpected_entries,
+    write_png,
+)
 from segrepro.errors import UserError
 
 NAME = "ade20k"
@@ -27,29 +40,196 @@ FOLDER = {"train": "training", "val": "validation"}
 PREFIX = {"train": "ADE_train_", "val": "ADE_val_"}
 OFFICIAL_COUNTS = {"train": 20210, "val": 2000}
 CLASS_NAMES: tuple[str, ...] = (
-    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',
-    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
-    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence',
-    'desk', 'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column',
-    'signboard', 'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator',
-    'grandstand', 'path', 'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway',
-    'river', 'bridge', 'bookcase', 'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench',
-    'countertop', 'stove', 'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar',
-    'arcade machine', 'hovel', 'bus', 'towel', 'light', 'truck', 'tower', 'chandelier', 'awning',
-    'streetlight', 'booth', 'television receiver', 'airplane', 'dirt track', 'apparel', 'pole', 'land',
-    'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster', 'stage', 'van', 'ship', 'fountain',
-    'conveyer belt', 'canopy', 'washer', 'plaything', 'swimming pool', 'stool', 'barrel', 'basket',
-    'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven', 'ball', 'food', 'step', 'tank', 'trade name',
-    'microwave', 'pot', 'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture', 'hood',
-    'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor',
-    'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag',
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 NUM_RAW = len(CLASS_NAMES) + 1  # raw PNG values 0..150
 LUT = shift_lut(NUM_RAW)
 
-_GROUND = {"floor", "road", "grass", "sidewalk", "earth", "field", "sand", "path", "runway", "dirt track", "land", "rug"}
-_STUFF = {"wall", "building", "tree", "ceiling", "mountain", "house", "sea", "fence", "rock", "skyscraper", "river",
-          "hill", "bridge", "tower", "water", "curtain", "grandstand", "lake", "waterfall", "railing"}
+_GROUND = {
+    "floor",
+    "road",
+    "grass",
+    "sidewalk",
+    "earth",
+    "field",
+    "sand",
+    "path",
+    "runway",
+    "dirt track",
+    "land",
+    "rug",
+}
+_STUFF = {
+    "wall",
+    "building",
+    "tree",
+    "ceiling",
+    "mountain",
+    "house",
+    "sea",
+    "fence",
+    "rock",
+    "skyscraper",
+    "river",
+    "hill",
+    "bridge",
+    "tower",
+    "water",
+    "curtain",
+    "grandstand",
+    "lake",
+    "waterfall",
+    "railing",
+}
 _THIN = {"pole", "streetlight", "column", "bannister", "flag"}
 
 
@@ -75,12 +255,15 @@ class ADE20KDataset(PairedDataset):
 
 def scene_classes() -> tuple[SceneClass, ...]:
     """Raw values 1..150 with a plausible role each, plus raw 0 as unlabeled blobs."""
+
     def role(name: str) -> str:
         if name == "sky":
             return "sky"
         return "ground" if name in _GROUND else "stuff" if name in _STUFF else "thin" if name in _THIN else "object"
 
-    return tuple(SceneClass(v + 1, role(n)) for v, n in enumerate(CLASS_NAMES)) + (SceneClass(0, "void", required=False),)
+    return tuple(SceneClass(v + 1, role(n)) for v, n in enumerate(CLASS_NAMES)) + (
+        SceneClass(0, "void", required=False),
+    )
 
 
 def synth(out: Path, split_sizes: Mapping[str, int], size: tuple[int, int], seed: int) -> Path:
@@ -113,9 +296,14 @@ def prepare(root: Path, out: Path) -> Path:
     for split in SPLITS:
         pairs, orphans = folder_pairs(base / "images" / FOLDER[split], base / "annotations" / FOLDER[split])
         problems += orphans
-        problems += [f"{p.image}: name does not start with {PREFIX[split]}; keep the official file names"
-                     for p in pairs if not p.name.startswith(PREFIX[split])]
-        probs, files = check_pairs(pairs, ("L",), np.arange(256) < NUM_RAW, "ADE20K 0..150", base, f"check ade20k {split}")
+        problems += [
+            f"{p.image}: name does not start with {PREFIX[split]}; keep the official file names"
+            for p in pairs
+            if not p.name.startswith(PREFIX[split])
+        ]
+        probs, files = check_pairs(
+            pairs, ("L",), np.arange(256) < NUM_RAW, "ADE20K 0..150", base, f"check ade20k {split}"
+        )
         problems += probs
         sources.update(files)
         lists[split] = [p.name for p in pairs]
@@ -123,5 +311,14 @@ def prepare(root: Path, out: Path) -> Path:
     folders = {s: base / "images" / FOLDER[s] for s in SPLITS}
     problems += split_count_problems(folders, {s: len(v) for s, v in lists.items()}, OFFICIAL_COUNTS if real else None)
     raise_problems(problems)
-    return write_prepared(out, NAME, lists, {"root": str(Path(root).resolve()), "num_classes": len(CLASS_NAMES),
-                                             "label_map": "raw 0 -> 255, v -> v-1", "sources": sources})
+    return write_prepared(
+        out,
+        NAME,
+        lists,
+        {
+            "root": str(Path(root).resolve()),
+            "num_classes": len(CLASS_NAMES),
+            "label_map": "raw 0 -> 255, v -> v-1",
+            "sources": sources,
+        },
+    )

@@ -35,9 +35,11 @@ class DataBenchResult:
 
     def line(self) -> str:
         h, w = self.size
-        return (f"{self.images_per_s:.2f} images/s decoded + augmented ({self.method} train transforms, {h}x{w} "
-                f"PNG, {self.workers} workers, {self.images} timed images) on {self.cpu}, {self.cores} cores, "
-                f"torch {self.torch}")
+        return (
+            f"{self.images_per_s:.2f} images/s decoded + augmented ({self.method} train transforms, {h}x{w} "
+            f"PNG, {self.workers} workers, {self.images} timed images) on {self.cpu}, {self.cores} cores, "
+            f"torch {self.torch}"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,8 +56,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def bench_data(transform: Transform, method: str, size: tuple[int, int] = (1024, 2048), workers: int = 2,
-               images: int = 16, seed: int = 0) -> DataBenchResult:
+def bench_data(
+    transform: Transform,
+    method: str,
+    size: tuple[int, int] = (1024, 2048),
+    workers: int = 2,
+    images: int = 16,
+    seed: int = 0,
+) -> DataBenchResult:
     """Write ``images`` synthetic Cityscapes train images, run one untimed warm-up pass (worker start-up,
     page cache) and time a second full pass of the training loader (batch 1) through ``transform``
     (``method``'s training transforms, built by the caller from its method card)."""
@@ -71,5 +79,6 @@ def bench_data(transform: Transform, method: str, size: tuple[int, int] = (1024,
         count = sum(batch["image"].shape[0] for batch in tqdm(loader, desc="timed", unit="img"))
         elapsed = time.perf_counter() - start
         del loader
-    return DataBenchResult(count / elapsed, count, size, workers, method, cpu_model(), os.cpu_count() or 1,
-                           torch.__version__)
+    return DataBenchResult(
+        count / elapsed, count, size, workers, method, cpu_model(), os.cpu_count() or 1, torch.__version__
+    )

@@ -41,22 +41,58 @@ GT_KINDS = {  # kind → file suffix after the stem
     "labelTrainIds": "_gtFine_labelTrainIds.png",
     "instanceTrainIds": "_gtFine_instanceTrainIds.png",  # csCreateTrainIdInstanceImgs writes it in place
 }
-COARSE_KINDS = {kind: GT_KINDS[kind].replace("gtFine", "gtCoarse") for kind in ("labelIds", "instanceIds", "color",
-                                                                               "polygons")}
+COARSE_KINDS = {
+    kind: GT_KINDS[kind].replace("gtFine", "gtCoarse") for kind in ("labelIds", "instanceIds", "color", "polygons")
+}
 # Official cities and image counts per split (datasets.md §1.1).
 OFFICIAL_CITIES: dict[str, dict[str, int]] = {
     "train": {
-        "aachen": 174, "bochum": 96, "bremen": 316, "cologne": 154, "darmstadt": 85, "dusseldorf": 221,
-        "erfurt": 109, "hamburg": 248, "hanover": 196, "jena": 119, "krefeld": 99, "monchengladbach": 94,
-        "strasbourg": 365, "stuttgart": 196, "tubingen": 144, "ulm": 95, "weimar": 142, "zurich": 122,
+        "aachen": 174,
+        "bochum": 96,
+        "bremen": 316,
+        "cologne": 154,
+        "darmstadt": 85,
+        "dusseldorf": 221,
+        "erfurt": 109,
+        "hamburg": 248,
+        "hanover": 196,
+        "jena": 119,
+        "krefeld": 99,
+        "monchengladbach": 94,
+        "strasbourg": 365,
+        "stuttgart": 196,
+        "tubingen": 144,
+        "ulm": 95,
+        "weimar": 142,
+        "zurich": 122,
     },
     "val": {"frankfurt": 267, "lindau": 59, "munster": 174},
     "test": {"berlin": 544, "bielefeld": 181, "bonn": 46, "leverkusen": 58, "mainz": 298, "munich": 398},
 }
 EXTRA_CITIES = (  # leftImg8bit_trainextra.zip (19,998 images; per-city counts are not checked)
-    "augsburg", "bad-honnef", "bamberg", "bayreuth", "dortmund", "dresden", "duisburg", "erlangen", "freiburg",
-    "heidelberg", "heilbronn", "karlsruhe", "konigswinter", "konstanz", "mannheim", "muhlheim-ruhr", "nuremberg",
-    "oberhausen", "saarbrucken", "schweinfurt", "troisdorf", "wuppertal", "wurzburg",
+    "augsburg",
+    "bad-honnef",
+    "bamberg",
+    "bayreuth",
+    "dortmund",
+    "dresden",
+    "duisburg",
+    "erlangen",
+    "freiburg",
+    "heidelberg",
+    "heilbronn",
+    "karlsruhe",
+    "konigswinter",
+    "konstanz",
+    "mannheim",
+    "muhlheim-ruhr",
+    "nuremberg",
+    "oberhausen",
+    "saarbrucken",
+    "schweinfurt",
+    "troisdorf",
+    "wuppertal",
+    "wurzburg",
 )
 OFFICIAL_COUNTS = {split: sum(c.values()) for split, c in OFFICIAL_CITIES.items()}  # 2975 / 500 / 1525
 MAX_LABEL_ID = 33
@@ -109,8 +145,10 @@ class CityscapesDataset:
         transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         if split not in (*SPLITS, EXTRA_SPLIT) and split not in COMBINED_SPLITS:
-            raise UserError(f"unknown Cityscapes split '{split}'; choose one of "
-                            f"{', '.join((*SPLITS, EXTRA_SPLIT, *COMBINED_SPLITS))}")
+            raise UserError(
+                f"unknown Cityscapes split '{split}'; choose one of "
+                f"{', '.join((*SPLITS, EXTRA_SPLIT, *COMBINED_SPLITS))}"
+            )
         self.root, self.split = Path(root), split
         self.prepared = Path(prepared) if prepared is not None else None
         self.with_instances, self.transform = with_instances, transform
@@ -120,10 +158,12 @@ class CityscapesDataset:
         for part in parts:
             found = sorted((self.root / IMAGE_DIR / part).glob(f"*/*{IMAGE_SUFFIX}"))
             if not found:
-                fix = ("extract leftImg8bit_trainextra.zip and gtCoarse.zip here, or write a stand-in with "
-                       "`segrepro data synth cityscapes` (split_sizes with a 4th, train_extra count)"
-                       if part == EXTRA_SPLIT else
-                       "check the dataset root (segrepro data prepare cityscapes --root DIR validates the layout)")
+                fix = (
+                    "extract leftImg8bit_trainextra.zip and gtCoarse.zip here, or write a stand-in with "
+                    "`segrepro data synth cityscapes` (split_sizes with a 4th, train_extra count)"
+                    if part == EXTRA_SPLIT
+                    else "check the dataset root (segrepro data prepare cityscapes --root DIR validates the layout)"
+                )
                 raise UserError(f"{self.root / IMAGE_DIR / part}: no *{IMAGE_SUFFIX} images; {fix}")
             self.images += found
         if self.has_labels:
@@ -180,9 +220,17 @@ class CityscapesDataset:
 
 # -- synthetic stand-in ------------------------------------------------------------------------------
 _ROLES = {
-    "road": "ground", "sidewalk": "ground", "terrain": "ground", "sky": "sky", "pole": "thin",
-    "building": "stuff", "wall": "stuff", "fence": "stuff", "vegetation": "stuff",
-    "traffic light": "object", "traffic sign": "object",
+    "road": "ground",
+    "sidewalk": "ground",
+    "terrain": "ground",
+    "sky": "sky",
+    "pole": "thin",
+    "building": "stuff",
+    "wall": "stuff",
+    "fence": "stuff",
+    "vegetation": "stuff",
+    "traffic light": "object",
+    "traffic sign": "object",
 }  # every other evaluated class (person … bicycle) is an object with instances
 _IGNORED = (  # labelIds drawn but not evaluated, as in the real data
     SceneClass(0, "void", required=False),  # unlabeled
@@ -230,9 +278,15 @@ def polygons(label: np.ndarray, instance: np.ndarray) -> dict[str, Any]:
     y0, y1 = rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1)
     x0, x1 = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
     objects = [
-        {"label": cs_labels.id2label[int(k // 100000)].name,
-         "polygon": [[int(x0[i]), int(y0[i])], [int(x1[i]), int(y0[i])], [int(x1[i]), int(y1[i])],
-                     [int(x0[i]), int(y1[i])]]}
+        {
+            "label": cs_labels.id2label[int(k // 100000)].name,
+            "polygon": [
+                [int(x0[i]), int(y0[i])],
+                [int(x1[i]), int(y0[i])],
+                [int(x1[i]), int(y1[i])],
+                [int(x0[i]), int(y1[i])],
+            ],
+        }
         for i, k in enumerate(keys.tolist())
     ]
     return {"imgHeight": int(h), "imgWidth": int(w), "objects": objects}
@@ -274,7 +328,9 @@ def coarse_label(label: np.ndarray) -> np.ndarray:
     return np.where(edge, 0, label).astype(np.uint8)
 
 
-def _write_sample(root: Path, split: str, city: str, stem: str, image: np.ndarray, label: np.ndarray, inst: np.ndarray) -> None:
+def _write_sample(
+    root: Path, split: str, city: str, stem: str, image: np.ndarray, label: np.ndarray, inst: np.ndarray
+) -> None:
     where = coarse_path if split == EXTRA_SPLIT else gt_path
     write_png(image_path(root, split, city, stem), image)
     write_png(where(root, split, city, stem, "labelIds"), label.astype(np.uint8))

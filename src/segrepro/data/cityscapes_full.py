@@ -68,8 +68,10 @@ def city_counts(fraction: float) -> dict[str, dict[str, int]]:
     """Official per-city counts scaled by ``fraction`` (each city keeps at least one image)."""
     if not 0 < fraction <= 1:
         raise UserError(f"--fraction {fraction}: give a number in (0, 1], e.g. 0.0625 for 1/16 of full size")
-    return {split: {city: max(1, round(n * fraction)) for city, n in sorted(cities.items())}
-            for split, cities in cs.OFFICIAL_CITIES.items()}
+    return {
+        split: {city: max(1, round(n * fraction)) for city, n in sorted(cities.items())}
+        for split, cities in cs.OFFICIAL_CITIES.items()
+    }
 
 
 def plan(fraction: float, composer: SceneComposer) -> list[Item]:
@@ -94,8 +96,10 @@ def plan(fraction: float, composer: SceneComposer) -> list[Item]:
 
 def outputs(root: Path, item: Item) -> list[Path]:
     """The five files of one image (image, labelIds, instanceIds, color, polygons)."""
-    return [cs.image_path(root, item.split, item.city, item.stem),
-            *(cs.gt_path(root, item.split, item.city, item.stem, kind) for kind in _KINDS)]
+    return [
+        cs.image_path(root, item.split, item.city, item.stem),
+        *(cs.gt_path(root, item.split, item.city, item.stem, kind) for kind in _KINDS),
+    ]
 
 
 _COMPOSER: SceneComposer | None = None
@@ -149,15 +153,23 @@ def _check_out(out: Path, settings: FullSettings) -> None:
         raise UserError(f"{out}: holds other files ({', '.join(foreign[:5])}); choose an empty or new --out")
     marker = out / SETTINGS_NAME
     if marker.is_file() and json.loads(marker.read_text()) != settings.as_json():
-        raise UserError(f"{out}: holds a stand-in written with {marker.read_text().strip()}; rerun with the same "
-                        "settings to resume, or choose a new --out")
+        raise UserError(
+            f"{out}: holds a stand-in written with {marker.read_text().strip()}; rerun with the same "
+            "settings to resume, or choose a new --out"
+        )
     for top in (cs.IMAGE_DIR, cs.GT_DIR):
         for tmp in (out / top).glob("*/*/.*.tmp"):
             tmp.unlink()
 
 
-def synth_full(out: Path, fraction: float = 1.0, size: tuple[int, int] = (1024, 2048), seed: int = 0,
-               workers: int | None = None, progress: bool = True) -> dict:
+def synth_full(
+    out: Path,
+    fraction: float = 1.0,
+    size: tuple[int, int] = (1024, 2048),
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Write (or finish) the full-profile stand-in at ``out``; returns counts, bytes and seconds."""
     out = Path(out).resolve()
     settings = FullSettings("full", float(fraction), (int(size[0]), int(size[1])), int(seed))
@@ -179,8 +191,15 @@ def synth_full(out: Path, fraction: float = 1.0, size: tuple[int, int] = (1024, 
             bar.set_postfix_str(f"{written / 2**20 / max(time.perf_counter() - start, 1e-9):.0f} MB/s", refresh=False)
     bar.close()
     counts = {split: sum(c.values()) for split, c in city_counts(fraction).items()}
-    return {"root": str(out), "counts": counts, "images": len(items), "skipped": skipped, "bytes": written,
-            "seconds": time.perf_counter() - start, "workers": workers}
+    return {
+        "root": str(out),
+        "counts": counts,
+        "images": len(items),
+        "skipped": skipped,
+        "bytes": written,
+        "seconds": time.perf_counter() - start,
+        "workers": workers,
+    }
 
 
 def expected_images(fraction: float) -> int:

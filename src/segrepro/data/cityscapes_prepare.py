@@ -36,8 +36,8 @@ from segrepro.data.validate import (
     check_same_size,
     check_values,
     pair_problems,
-    process_map,
     problem,
+    process_map,
     raise_problems,
     read_png,
     split_count_problems,
@@ -47,7 +47,9 @@ from segrepro.data.validate import (
 from segrepro.io import atomic_write_text
 
 _IMAGE_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_leftImg8bit\.png$")
-_GT_RE = re.compile(r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_gtFine_(?:" + "|".join(k for k in cs.GT_KINDS) + r")\.(?:png|json)$")
+_GT_RE = re.compile(
+    r"^(?P<city>[a-z][a-z_]*)_\d{6}_\d{6}_gtFine_(?:" + "|".join(k for k in cs.GT_KINDS) + r")\.(?:png|json)$"
+)
 _OUTPUTS = (cs.GT_DIR, "lists", "manifest.json")
 _INSTANCE_BASES = np.array(sorted(cs.INSTANCE_LABEL_IDS))
 _CS_VERSION = importlib.metadata.version("cityscapesscripts")
@@ -61,12 +63,16 @@ class Record:
     stem: str
 
 
-def _scan_split(root: Path, top: str, split: str, pattern: re.Pattern[str], problems: list[str]) -> dict[str, list[Path]]:
+def _scan_split(
+    root: Path, top: str, split: str, pattern: re.Pattern[str], problems: list[str]
+) -> dict[str, list[Path]]:
     """Files of one split by city; wrong names, stray files and city mismatches become problems."""
     folder = root / top / split
     found: dict[str, list[Path]] = {}
     if not folder.is_dir():
-        problems.append(problem(folder, f"split folder '{split}' is missing", f"restore {top}/{split} from the official archive"))
+        problems.append(
+            problem(folder, f"split folder '{split}' is missing", f"restore {top}/{split} from the official archive")
+        )
         return found
     for city_dir in sorted(folder.iterdir()):
         if not city_dir.is_dir():
@@ -76,9 +82,21 @@ def _scan_split(root: Path, top: str, split: str, pattern: re.Pattern[str], prob
         for f in sorted(city_dir.iterdir()):
             match = pattern.match(f.name)
             if match is None:
-                problems.append(problem(f, "file name does not follow the official <city>_<seq>_<frame>_<type> pattern", "rename or remove it"))
+                problems.append(
+                    problem(
+                        f,
+                        "file name does not follow the official <city>_<seq>_<frame>_<type> pattern",
+                        "rename or remove it",
+                    )
+                )
             elif match["city"] != city_dir.name:
-                problems.append(problem(f, f"city prefix '{match['city']}' does not match folder '{city_dir.name}'", f"move it to {top}/{split}/{match['city']}/"))
+                problems.append(
+                    problem(
+                        f,
+                        f"city prefix '{match['city']}' does not match folder '{city_dir.name}'",
+                        f"move it to {top}/{split}/{match['city']}/",
+                    )
+                )
             else:
                 files.append(f)
     return found
@@ -128,12 +146,30 @@ def _city_problems(folders: dict[str, Path], city_counts: dict[str, dict[str, in
     for split, official in cs.OFFICIAL_CITIES.items():
         have = city_counts.get(split, {})
         for city in sorted(have.keys() - official.keys()):
-            out.append(problem(folders[split] / city, f"'{city}' is not an official {split} city", "move it to its own split or remove it"))
+            out.append(
+                problem(
+                    folders[split] / city,
+                    f"'{city}' is not an official {split} city",
+                    "move it to its own split or remove it",
+                )
+            )
         for city in sorted(official.keys() & have.keys()):
             if have[city] != official[city]:
-                out.append(problem(folders[split] / city, f"{have[city]} images, the official set has {official[city]}", "restore the complete city folder"))
+                out.append(
+                    problem(
+                        folders[split] / city,
+                        f"{have[city]} images, the official set has {official[city]}",
+                        "restore the complete city folder",
+                    )
+                )
         for city in sorted(official.keys() - have.keys()):
-            out.append(problem(folders[split] / city, f"official {split} city '{city}' is missing", "restore it from the official archive"))
+            out.append(
+                problem(
+                    folders[split] / city,
+                    f"official {split} city '{city}' is missing",
+                    "restore it from the official archive",
+                )
+            )
     return out
 
 
@@ -143,9 +179,11 @@ def _legal_instance(values: np.ndarray) -> np.ndarray:
 
 
 def _inputs(root: Path, rec: Record) -> tuple[Path, Path, Path]:
-    return (cs.image_path(root, rec.split, rec.city, rec.stem),
-            cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds"),
-            cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds"))
+    return (
+        cs.image_path(root, rec.split, rec.city, rec.stem),
+        cs.gt_path(root, rec.split, rec.city, rec.stem, "labelIds"),
+        cs.gt_path(root, rec.split, rec.city, rec.stem, "instanceIds"),
+    )
 
 
 def _output(rec: Record) -> str:
@@ -174,7 +212,9 @@ def _convert(root: Path, out: Path, lut: np.ndarray, rec: Record) -> tuple[list[
             problems.append(check_same_size(img_p, image.shape, inst_p, inst.shape))
         if label is not None and inst.shape == label.shape and not any(problems):
             n = _instance_disagreements(label, inst)
-            problems.append(problem(inst_p, f"{n} pixels disagree with {lab_p.name}", "re-extract both files") if n else None)
+            problems.append(
+                problem(inst_p, f"{n} pixels disagree with {lab_p.name}", "re-extract both files") if n else None
+            )
     found = [p for p in problems if p]
     if found or label is None:
         return found, None
@@ -277,10 +317,16 @@ def prepare_cityscapes(root: Path, out: Path, workers: int | None = None) -> Pat
                 _link(out / _output(rec), tmp / _output(rec))
                 known[_output(rec)] = digest
         if previous:
-            log.info("prepare cityscapes: %d of %d images unchanged since the manifest (size and mtime match): "
-                     "skipped; %d to check and convert", len(records) - len(todo), len(records), len(todo))
-        results = process_map(functools.partial(_convert, root, tmp, lut), todo, desc="prepare cityscapes",
-                              workers=workers)
+            log.info(
+                "prepare cityscapes: %d of %d images unchanged since the manifest (size and mtime match): "
+                "skipped; %d to check and convert",
+                len(records) - len(todo),
+                len(records),
+                len(todo),
+            )
+        results = process_map(
+            functools.partial(_convert, root, tmp, lut), todo, desc="prepare cityscapes", workers=workers
+        )
         raise_problems([p for ps, _ in results for p in ps])
         known.update({_output(rec): digest for rec, (_, digest) in zip(todo, results, strict=True) if digest})
         _write_lists(tmp, records)

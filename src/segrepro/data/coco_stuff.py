@@ -19,12 +19,25 @@ import numpy as np
 from PIL import Image
 
 from segrepro.data.paired import (
-    Pair, PairedDataset, Transform, check_pairs, folder_pairs, list_problems, missing_dirs, read_ids, write_jpeg,
+    Pair,
+    PairedDataset,
+    Transform,
+    check_pairs,
+    folder_pairs,
+    list_problems,
+    missing_dirs,
+    read_ids,
+    write_jpeg,
     write_prepared,
 )
 from segrepro.data.synth_scene import SceneClass, SceneComposer
 from segrepro.data.validate import (
-    atomic_output_dir, parallel_map, problem, raise_problems, split_count_problems, write_png,
+    atomic_output_dir,
+    parallel_map,
+    problem,
+    raise_problems,
+    split_count_problems,
+    write_png,
 )
 from segrepro.errors import UserError
 
@@ -65,14 +78,52 @@ MEMBERS: dict[str, tuple[int, ...]] = {
     "water": (119, 147, 154, 177, 178),
     "window": (179, 180),
 }
-THINGS = ("accessory", "animal", "appliance", "electronic", "food", "furniture", "indoor", "kitchen", "outdoor",
-          "person", "sports", "vehicle")
+THINGS = (
+    "accessory",
+    "animal",
+    "appliance",
+    "electronic",
+    "food",
+    "furniture",
+    "indoor",
+    "kitchen",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
+)
 UNUSED_VALUES = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)  # thing ids COCO never used
 ORDERS: dict[str, tuple[str, ...]] = {
     "alignseg": tuple(sorted(MEMBERS)),
-    "stego": ("electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory", "animal", "outdoor",
-              "person", "sports", "vehicle", "ceiling", "floor", "food-stuff", "furniture-stuff", "raw-material",
-              "textile", "wall", "window", "building", "ground", "plant", "sky", "solid", "structural", "water"),
+    "stego": (
+        "electronic",
+        "appliance",
+        "food",
+        "furniture",
+        "indoor",
+        "kitchen",
+        "accessory",
+        "animal",
+        "outdoor",
+        "person",
+        "sports",
+        "vehicle",
+        "ceiling",
+        "floor",
+        "food-stuff",
+        "furniture-stuff",
+        "raw-material",
+        "textile",
+        "wall",
+        "window",
+        "building",
+        "ground",
+        "plant",
+        "sky",
+        "solid",
+        "structural",
+        "water",
+    ),
 }
 DEFAULT_ORDER = "alignseg"
 CLASS_NAMES = ORDERS[DEFAULT_ORDER]
@@ -105,7 +156,10 @@ def curated_list(root: Path, split: str) -> Path:
 
 
 def _pairs(root: Path, split: str, ids: list[str]) -> list[Pair]:
-    return [Pair(i, Path(root) / "images" / FOLDER[split] / f"{i}.jpg", annotation_dir(root, split) / f"{i}.png") for i in ids]
+    return [
+        Pair(i, Path(root) / "images" / FOLDER[split] / f"{i}.jpg", annotation_dir(root, split) / f"{i}.png")
+        for i in ids
+    ]
 
 
 class CocoStuff27Dataset(PairedDataset):
@@ -115,8 +169,14 @@ class CocoStuff27Dataset(PairedDataset):
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
 
-    def __init__(self, root: Path, split: str, curated: bool = True, order: str = DEFAULT_ORDER,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        curated: bool = True,
+        order: str = DEFAULT_ORDER,
+        transform: Transform | None = None,
+    ) -> None:
         if split not in SPLITS:
             raise UserError(f"unknown COCO-Stuff split '{split}'; choose one of {', '.join(SPLITS)}")
         lut = coarse_lut(order)
@@ -132,8 +192,19 @@ class CocoStuff27Dataset(PairedDataset):
 
 
 # -- synthetic stand-in ------------------------------------------------------------------------------
-_ROLES = {"sky": "sky", "ground": "ground", "floor": "ground", "building": "stuff", "wall": "stuff", "plant": "stuff",
-          "solid": "stuff", "structural": "stuff", "ceiling": "stuff", "window": "stuff", "water": "ground"}
+_ROLES = {
+    "sky": "sky",
+    "ground": "ground",
+    "floor": "ground",
+    "building": "stuff",
+    "wall": "stuff",
+    "plant": "stuff",
+    "solid": "stuff",
+    "structural": "stuff",
+    "ceiling": "stuff",
+    "window": "stuff",
+    "water": "ground",
+}
 
 
 def scene_classes() -> tuple[SceneClass, ...]:
@@ -188,13 +259,18 @@ def prepare(root: Path, out: Path, order: str = DEFAULT_ORDER) -> Path:
         curated_total += len(ids)
         problems += list_problems(path, ids, {img_dir: ".jpg", ann_dir: ".png"})
         present = [p for p in _pairs(root, split, ids) if p.image.is_file() and p.label.is_file()]
-        probs, files = check_pairs(present, ("L",), LEGAL, "stuffthingmaps (0..181, 255)", root, f"check {NAME} {split}")
+        probs, files = check_pairs(
+            present, ("L",), LEGAL, "stuffthingmaps (0..181, 255)", root, f"check {NAME} {split}"
+        )
         problems += probs
         sources.update(files)
         lists[split] = ids
     real = curated_total >= 0.5 * sum(OFFICIAL_CURATED.values())
-    problems += split_count_problems({s: curated_list(root, s) for s in lists}, {s: len(v) for s, v in lists.items()},
-                                     OFFICIAL_CURATED if real else None)
+    problems += split_count_problems(
+        {s: curated_list(root, s) for s in lists},
+        {s: len(v) for s, v in lists.items()},
+        OFFICIAL_CURATED if real else None,
+    )
     raise_problems(problems)
     lut = coarse_lut(order)
 
@@ -208,6 +284,11 @@ def prepare(root: Path, out: Path, order: str = DEFAULT_ORDER) -> Path:
 
         parallel_map(one, jobs, desc="write labels27")
 
-    extra = {"root": str(root.resolve()), "num_classes": 27, "class_order": order, "class_names": list(ORDERS[order]),
-             "sources": sources}
+    extra = {
+        "root": str(root.resolve()),
+        "num_classes": 27,
+        "class_order": order,
+        "class_names": list(ORDERS[order]),
+        "sources": sources,
+    }
     return write_prepared(out, NAME, lists, extra, derived=("labels27", write_labels))

@@ -17,8 +17,16 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2, pin_memory: bool = False,
-                 distributed: bool = False, seed: int = 0, drop_last: bool | None = None) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    workers: int = 2,
+    pin_memory: bool = False,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool | None = None,
+) -> DataLoader:
     """Shuffled, seeded loader for training (``drop_last`` defaults to True) or an ordered one for eval.
 
     With ``distributed`` a :class:`DistributedSampler` shards the data (call ``loader.sampler.set_epoch``
@@ -27,7 +35,9 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
     drop_last = train if drop_last is None else drop_last
     generator = torch.Generator()
     generator.manual_seed(seed)
-    sampler: DistributedSampler | None = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
+    sampler: DistributedSampler | None = (
+        DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,

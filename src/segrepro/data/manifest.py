@@ -31,8 +31,13 @@ def file_entry(path: Path, sha256: str | None = None) -> dict[str, Any]:
     return {"sha256": sha256 or sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def build_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None,
-                   known_sha256: Mapping[str, str] | None = None) -> dict:
+def build_manifest(
+    folder: Path,
+    dataset: str,
+    counts: Mapping[str, int],
+    extra: Mapping[str, Any] | None = None,
+    known_sha256: Mapping[str, str] | None = None,
+) -> dict:
     """Manifest of every file under ``folder`` (except the manifest itself), keys in sorted order.
 
     ``known_sha256`` (relative path → digest) holds digests the caller already has (computed from the bytes
@@ -47,8 +52,13 @@ def build_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra:
     return {"dataset": dataset, "counts": dict(counts), **dict(extra or {}), "files": files}
 
 
-def write_manifest(folder: Path, dataset: str, counts: Mapping[str, int], extra: Mapping[str, Any] | None = None,
-                   known_sha256: Mapping[str, str] | None = None) -> dict:
+def write_manifest(
+    folder: Path,
+    dataset: str,
+    counts: Mapping[str, int],
+    extra: Mapping[str, Any] | None = None,
+    known_sha256: Mapping[str, str] | None = None,
+) -> dict:
     """Build and write ``folder/manifest.json``; returns the manifest."""
     manifest = build_manifest(folder, dataset, counts, extra, known_sha256)
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -61,7 +71,9 @@ def verify_manifest(folder: Path) -> list[str]:
     listed = manifest["files"]
     actual = build_manifest(folder, manifest["dataset"], manifest["counts"])["files"]
     problems = [f"{folder / k}: missing; re-run segrepro data prepare" for k in sorted(listed.keys() - actual.keys())]
-    problems += [f"{folder / k}: not in the manifest; remove it or re-run prepare" for k in sorted(actual.keys() - listed.keys())]
+    problems += [
+        f"{folder / k}: not in the manifest; remove it or re-run prepare" for k in sorted(actual.keys() - listed.keys())
+    ]
     problems += [
         f"{folder / k}: content differs from the manifest; re-run segrepro data prepare"
         for k in sorted(listed.keys() & actual.keys())

@@ -21,7 +21,13 @@ from tqdm import tqdm
 from segrepro.data.manifest import MANIFEST_NAME, sha256_file, write_manifest
 from segrepro.data.synth_scene import Scene, SceneComposer
 from segrepro.data.validate import (
-    atomic_output_dir, check_same_size, check_values, pair_problems, parallel_map, problem, read_png,
+    atomic_output_dir,
+    check_same_size,
+    check_values,
+    pair_problems,
+    parallel_map,
+    problem,
+    read_png,
 )
 from segrepro.errors import UserError
 
@@ -37,7 +43,7 @@ class Pair:
 
 
 def shift_lut(num_raw: int) -> np.ndarray:
-    """"reduce_zero_label": raw 0 → 255 (ignore), v → v−1 for v in 1..num_raw−1, 255 stays 255."""
+    """ "reduce_zero_label": raw 0 → 255 (ignore), v → v−1 for v in 1..num_raw−1, 255 stays 255."""
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     lut[1:num_raw] = np.arange(num_raw - 1, dtype=np.uint8)
     return lut
@@ -64,7 +70,9 @@ class PairedDataset(Dataset):
 
     def __init__(self, pairs: Sequence[Pair], lut: np.ndarray, transform: Transform | None, where: Path) -> None:
         if not pairs:
-            raise UserError(f"{where}: no image/label pairs found; check the dataset root (segrepro data prepare validates it)")
+            raise UserError(
+                f"{where}: no image/label pairs found; check the dataset root (segrepro data prepare validates it)"
+            )
         self.pairs, self.lut, self.transform = list(pairs), lut, transform
 
     def __len__(self) -> int:
@@ -90,7 +98,13 @@ def list_problems(list_path: Path, ids: Sequence[str], folders: Mapping[Path, st
     for folder, ext in folders.items():
         for i in ids:
             if not (folder / f"{i}{ext}").is_file():
-                out.append(problem(folder / f"{i}{ext}", f"listed in {list_path.name} but missing", f"restore it or drop '{i}' from {list_path}"))
+                out.append(
+                    problem(
+                        folder / f"{i}{ext}",
+                        f"listed in {list_path.name} but missing",
+                        f"restore it or drop '{i}' from {list_path}",
+                    )
+                )
     if not ids:
         out.append(problem(list_path, "list file is empty", "write one image id per line"))
     return out
@@ -100,7 +114,9 @@ def folder_pairs(image_dir: Path, label_dir: Path) -> tuple[list[Pair], list[str
     """Pairs by stem of ``*.jpg`` / ``*.png`` in two folders, plus one problem per orphan."""
     images = {p.stem: p for p in image_dir.glob("*.jpg")} if image_dir.is_dir() else {}
     labels = {p.stem: p for p in label_dir.glob("*.png")} if label_dir.is_dir() else {}
-    problems = pair_problems(images, labels, lambda p: label_dir / f"{p.stem}.png", lambda p: image_dir / f"{p.stem}.jpg")
+    problems = pair_problems(
+        images, labels, lambda p: label_dir / f"{p.stem}.png", lambda p: image_dir / f"{p.stem}.jpg"
+    )
     return [Pair(k, images[k], labels[k]) for k in sorted(images.keys() & labels.keys())], problems
 
 
@@ -116,8 +132,9 @@ def _read_jpeg(path: Path) -> tuple[np.ndarray | None, str | None]:
         return None, problem(path, f"unreadable or truncated JPEG ({err})", "re-extract this file from the archive")
 
 
-def check_pairs(pairs: Sequence[Pair], modes: Sequence[str], legal: np.ndarray, encoding: str, root: Path,
-                desc: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def check_pairs(
+    pairs: Sequence[Pair], modes: Sequence[str], legal: np.ndarray, encoding: str, root: Path, desc: str
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Decode every pair fully: JPEG readable, label PNG in ``modes``, same size, values with ``legal[v]``.
 
     Also returns sha256 + size of every source file (keyed relative to ``root``) for the manifest, so a
@@ -129,10 +146,19 @@ def check_pairs(pairs: Sequence[Pair], modes: Sequence[str], legal: np.ndarray, 
         label, err_l = read_png(pair.label, modes)
         out = [e for e in (err_i, err_l) if e]
         if image is not None and label is not None:
-            out += [e for e in (check_same_size(pair.image, image.shape, pair.label, label.shape),
-                                check_values(pair.label, label, lambda v: legal[v], encoding)) if e]
-        files = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-                 for p in (pair.image, pair.label) if p.is_file()}
+            out += [
+                e
+                for e in (
+                    check_same_size(pair.image, image.shape, pair.label, label.shape),
+                    check_values(pair.label, label, lambda v: legal[v], encoding),
+                )
+                if e
+            ]
+        files = {
+            p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in (pair.image, pair.label)
+            if p.is_file()
+        }
         return out, files
 
     problems: list[str] = []
@@ -143,8 +169,13 @@ def check_pairs(pairs: Sequence[Pair], modes: Sequence[str], legal: np.ndarray, 
     return problems, sources
 
 
-def write_prepared(out: Path, dataset: str, lists: Mapping[str, Sequence[str]], extra: Mapping[str, Any],
-                   derived: tuple[str, Callable[[Path], None]] | None = None) -> Path:
+def write_prepared(
+    out: Path,
+    dataset: str,
+    lists: Mapping[str, Sequence[str]],
+    extra: Mapping[str, Any],
+    derived: tuple[str, Callable[[Path], None]] | None = None,
+) -> Path:
     """Atomically write ``{split}.txt`` id lists, optional derived files (``(folder name, writer(tmp))``)
     and ``manifest.json`` (sha256 + size of every written file)."""
     names = [f"{split}.txt" for split in lists] + ([derived[0]] if derived else [])
@@ -164,8 +195,14 @@ def write_jpeg(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image, "RGB").save(path, format="JPEG", quality=95, subsampling=0)
 
 
-def synth_scenes(composer: SceneComposer, name: str, split_sizes: Mapping[str, int], splits: Sequence[str],
-                 size: tuple[int, int], seed: int) -> Iterator[tuple[str, int, Scene]]:
+def synth_scenes(
+    composer: SceneComposer,
+    name: str,
+    split_sizes: Mapping[str, int],
+    splits: Sequence[str],
+    size: tuple[int, int],
+    seed: int,
+) -> Iterator[tuple[str, int, Scene]]:
     """(split, index, scene) for every split in ``splits`` order; each split covers every required class."""
     for s, split in enumerate(splits):
         count = split_sizes.get(split, 0)

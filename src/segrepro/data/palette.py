@@ -40,5 +40,5 @@ def colourise(label: np.ndarray, dataset: str, label_ids: bool = False) -> np.nd
     if label_ids:
         ids = cityscapes_labels.label_to_train_lut()[np.clip(ids, 0, 255)].astype(np.int64)
     lut = np.zeros((256, 3), np.uint8)
-    lut[:len(palette)] = palette
+    lut[: len(palette)] = palette
     return lut[np.clip(ids, 0, 255)]

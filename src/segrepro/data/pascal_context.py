@@ -14,8 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from segrepro.data.paired import (
-    Pair, PairedDataset, Transform, check_pairs, identity_lut, list_problems, missing_dirs, read_ids, shift_lut,
-    synth_scenes, write_jpeg, write_prepared,
+    Pair,
+    PairedDataset,
+    Transform,
+    check_pairs,
+    identity_lut,
+    list_problems,
+    missing_dirs,
+    read_ids,
+    shift_lut,
+    synth_scenes,
+    write_jpeg,
+    write_prepared,
 )
 from segrepro.data.synth_scene import SceneClass, SceneComposer
 from segrepro.data.validate import atomic_output_dir, problem, raise_problems, write_png
@@ -27,11 +37,65 @@ IMAGES, LABELS, LISTS = "JPEGImages", "SegmentationClassContext", "ImageSets/Seg
 # Toolkits report 4,998/5,105 or 4,996/5,104 (datasets.md §4.1); either is accepted for the real set.
 OFFICIAL_COUNTS = {"train": (4998, 4996), "val": (5105, 5104)}
 CLASS_NAMES_60: tuple[str, ...] = (
-    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
-    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog",
-    "door", "fence", "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike",
-    "mountain", "mouse", "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk",
-    "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window",
+    "background",
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
     "wood",
 )
 CLASS_NAMES = CLASS_NAMES_60[1:]
@@ -65,7 +129,9 @@ class PascalContextDataset(PairedDataset):
         base = base_dir(root)
         path = base / LISTS / f"{split}.txt"
         if not path.is_file():
-            raise UserError(f"{path}: list file not found; check the root (segrepro data prepare pascal_context validates it)")
+            raise UserError(
+                f"{path}: list file not found; check the root (segrepro data prepare pascal_context validates it)"
+            )
         self.num_classes = num_classes
         self.class_names = CLASS_NAMES if num_classes == 59 else CLASS_NAMES_60
         lut = shift_lut(len(CLASS_NAMES_60)) if num_classes == 59 else identity_lut(len(CLASS_NAMES_60))
@@ -74,17 +140,36 @@ class PascalContextDataset(PairedDataset):
 
 # -- synthetic stand-in ------------------------------------------------------------------------------
 _ROLES = {
-    "sky": "sky", "ground": "ground", "road": "ground", "grass": "ground", "floor": "ground", "sidewalk": "ground",
-    "snow": "ground", "track": "ground", "platform": "ground", "water": "ground",
-    "building": "stuff", "wall": "stuff", "tree": "stuff", "mountain": "stuff", "fence": "stuff", "ceiling": "stuff",
-    "window": "stuff", "curtain": "stuff", "rock": "stuff", "wood": "stuff", "door": "stuff",
+    "sky": "sky",
+    "ground": "ground",
+    "road": "ground",
+    "grass": "ground",
+    "floor": "ground",
+    "sidewalk": "ground",
+    "snow": "ground",
+    "track": "ground",
+    "platform": "ground",
+    "water": "ground",
+    "building": "stuff",
+    "wall": "stuff",
+    "tree": "stuff",
+    "mountain": "stuff",
+    "fence": "stuff",
+    "ceiling": "stuff",
+    "window": "stuff",
+    "curtain": "stuff",
+    "rock": "stuff",
+    "wood": "stuff",
+    "door": "stuff",
 }
 
 
 def scene_classes() -> tuple[SceneClass, ...]:
     """Values 1..59 with plausible roles; background (0, ignored in the 59-class benchmark) as blobs."""
-    return (SceneClass(0, "void", required=False),
-            *(SceneClass(v, _ROLES.get(n, "object")) for v, n in enumerate(CLASS_NAMES_60) if v > 0))
+    return (
+        SceneClass(0, "void", required=False),
+        *(SceneClass(v, _ROLES.get(n, "object")) for v, n in enumerate(CLASS_NAMES_60) if v > 0),
+    )
 
 
 def synth(out: Path, split_sizes: Mapping[str, int], size: tuple[int, int], seed: int) -> Path:
@@ -126,9 +211,24 @@ def prepare(root: Path, out: Path) -> Path:
         sources.update(files)
         lists[split] = ids
     if sum(len(v) for v in lists.values()) >= 0.5 * sum(c[0] for c in OFFICIAL_COUNTS.values()):
-        problems += [problem(base / LISTS / f"{s}.txt", f"split '{s}' has {len(v)} images, the official set has "
-                             f"{' or '.join(map(str, OFFICIAL_COUNTS[s]))}", "restore the complete split")
-                     for s, v in lists.items() if len(v) not in OFFICIAL_COUNTS[s]]
+        problems += [
+            problem(
+                base / LISTS / f"{s}.txt",
+                f"split '{s}' has {len(v)} images, the official set has {' or '.join(map(str, OFFICIAL_COUNTS[s]))}",
+                "restore the complete split",
+            )
+            for s, v in lists.items()
+            if len(v) not in OFFICIAL_COUNTS[s]
+        ]
     raise_problems(problems)
-    return write_prepared(out, NAME, lists, {"root": str(Path(root).resolve()), "num_classes": len(CLASS_NAMES),
-                                             "label_map": "raw 0 -> 255, v -> v-1", "sources": sources})
+    return write_prepared(
+        out,
+        NAME,
+        lists,
+        {
+            "root": str(Path(root).resolve()),
+            "num_classes": len(CLASS_NAMES),
+            "label_map": "raw 0 -> 255, v -> v-1",
+            "sources": sources,
+        },
+    )

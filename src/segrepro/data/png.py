@@ -80,7 +80,7 @@ def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int, out: np.ndarr
     for y in range(height):
         start = y * (stride + 1)
         up = out[y - 1] if y > 0 else zero
-        if not _unfilter_row(raw[start], raw[start + 1:start + 1 + stride], up, out[y], bpp):
+        if not _unfilter_row(raw[start], raw[start + 1 : start + 1 + stride], up, out[y], bpp):
             return False
     return True
 
@@ -93,8 +93,8 @@ def decode_png(data: bytes) -> tuple[np.ndarray, str] | None:
     try:
         while True:
             length, kind = struct.unpack_from(">I4s", data, pos)
-            body = data[pos + 8:pos + 8 + length]
-            crc = data[pos + 8 + length:pos + 12 + length]
+            body = data[pos + 8 : pos + 8 + length]
+            crc = data[pos + 8 + length : pos + 12 + length]
             if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc, "big"):
                 return None
             if kind == b"IHDR":

@@ -111,9 +111,7 @@ class SceneComposer:
         n_obj = len(self._objects)
         high = min(14, n_obj + 2) if n_obj else 0
         self.objects_per_scene = objects_per_scene or (min(high, max(3, n_obj // 2)), high)
-        self.required = frozenset(
-            i for i, c in enumerate(self.classes) if c.required and c.role not in _UNFORCEABLE
-        )
+        self.required = frozenset(i for i, c in enumerate(self.classes) if c.required and c.role not in _UNFORCEABLE)
 
     # -- public -------------------------------------------------------------------------------------
     def compose(self, height: int, width: int, rng: np.random.Generator, force: Sequence[int] = ()) -> Scene:

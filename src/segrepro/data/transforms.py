@@ -105,7 +105,9 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     x = np.array(image, dtype=np.uint8 if image.dtype == np.uint8 else np.float32)  # copy: PIL arrays are read-only
     t = torch.from_numpy(x).permute(2, 0, 1)[None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    return (
+        F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    )
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -162,8 +164,12 @@ class RandomScaleChoice:
 class RandomResize:
     """ANN: scale s ~ U(lo, hi) and aspect a ~ U(lo, hi); new size (h·s/√a, w·s·√a), truncated."""
 
-    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), aspect_range: tuple[float, float] = (0.9, 1.1),
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        aspect_range: tuple[float, float] = (0.9, 1.1),
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.scale_range, self.aspect_range, self.generator = scale_range, aspect_range, generator
 
     def __call__(self, sample: Sample) -> Sample:
@@ -214,8 +220,14 @@ class PadTo:
     random offset (ANN's collate step).
     """
 
-    def __init__(self, size: tuple[int, int], position: str = "bottom_right", image_fill: float = 0.0,
-                 label_fill: int = IGNORE_INDEX, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        position: str = "bottom_right",
+        image_fill: float = 0.0,
+        label_fill: int = IGNORE_INDEX,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if position not in ("bottom_right", "random"):
             raise UserError(f"PadTo position must be 'bottom_right' or 'random', got {position!r}")
         self.size, self.position, self.generator = size, position, generator
@@ -246,9 +258,9 @@ class RandomCrop:
         h, w = sample["image"].shape[:2]
         ch, cw = min(self.size[0], h), min(self.size[1], w)
         top, left = randint_inclusive(self.generator, 0, h - ch), randint_inclusive(self.generator, 0, w - cw)
-        out = dict(sample, image=sample["image"][top:top + ch, left:left + cw])
+        out = dict(sample, image=sample["image"][top : top + ch, left : left + cw])
         if sample.get("label") is not None:
-            out["label"] = sample["label"][top:top + ch, left:left + cw]
+            out["label"] = sample["label"][top : top + ch, left : left + cw]
         return out
 
 
@@ -278,8 +290,7 @@ class ToTensor:
         return out
 
 
-def build_train_transforms(aug: TrainAugment, norm: Normalization,
-                           generator: torch.Generator | None = None) -> Compose:
+def build_train_transforms(aug: TrainAugment, norm: Normalization, generator: torch.Generator | None = None) -> Compose:
     """The training pipeline that ``aug`` describes (see :class:`TrainAugment`)."""
     hw = aug.crop
     flip = [RandomHorizontalFlip(0.5, generator=generator)] if aug.flip else []
@@ -290,23 +301,38 @@ def build_train_transforms(aug: TrainAugment, norm: Normalization,
 
         return Compose([MultiCrop(size=hw[0], norm=norm, generator=generator)])
     if isinstance(aug.scale, ScaleRange):
-        return Compose([
-            *first, RandomResize(aug.scale.scale, aug.scale.aspect, generator=generator),
-            RandomCrop(hw, generator=generator), *brightness, *flip,
-            Normalize(norm), PadTo(hw, position="random", generator=generator), ToTensor(),
-        ])
+        return Compose(
+            [
+                *first,
+                RandomResize(aug.scale.scale, aug.scale.aspect, generator=generator),
+                RandomCrop(hw, generator=generator),
+                *brightness,
+                *flip,
+                Normalize(norm),
+                PadTo(hw, position="random", generator=generator),
+                ToTensor(),
+            ]
+        )
     # Official order: scale, normalise, pad bottom/right (0 / 255), random crop, flip. Cropping first is
     # the same draw (the offset range of the padded image is 0 wherever padding happens) and the same
     # pixels, since normalisation is per pixel; it just normalises crop-size arrays instead of 2x images.
-    return Compose([
-        *first, RandomScaleChoice(aug.scale.values, generator=generator), *brightness,
-        RandomCrop(hw, generator=generator), Normalize(norm),
-        PadTo(hw, position="bottom_right"), *flip, ToTensor(),
-    ])
+    return Compose(
+        [
+            *first,
+            RandomScaleChoice(aug.scale.values, generator=generator),
+            *brightness,
+            RandomCrop(hw, generator=generator),
+            Normalize(norm),
+            PadTo(hw, position="bottom_right"),
+            *flip,
+            ToTensor(),
+        ]
+    )
 
 
-def build_eval_transforms(norm: Normalization, size: tuple[int, int] | None = None,
-                          label_size: tuple[int, int] | None = None) -> Compose:
+def build_eval_transforms(
+    norm: Normalization, size: tuple[int, int] | None = None, label_size: tuple[int, int] | None = None
+) -> Compose:
     """Eval pipelines only normalise (sliding-window tiling is the evaluator's job), unless ``size`` asks
     for a fixed input (AlignSeg-SSL: 448², its GT at ``label_size`` 100², as its metric does)."""
     if size is None:

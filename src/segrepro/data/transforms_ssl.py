@@ -12,7 +12,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segrepro.data.transforms import IMAGENET_RGB, Compose, Normalization, Normalize, Sample, ToTensor, randint_inclusive, uniform01
+from segrepro.data.transforms import (
+    IMAGENET_RGB,
+    Compose,
+    Normalization,
+    Normalize,
+    Sample,
+    ToTensor,
+    randint_inclusive,
+    uniform01,
+)
 
 
 class Resize:
@@ -28,15 +37,20 @@ class Resize:
         pil = Image.fromarray(sample["image"]).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
         out = dict(sample, image=np.asarray(pil))
         if sample.get("label") is not None:
-            label = np.asarray(Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.Resampling.NEAREST))
+            label = np.asarray(
+                Image.fromarray(sample["label"]).resize((self.size[1], self.size[0]), Image.Resampling.NEAREST)
+            )
             if self.label_size is not None:
-                label = np.asarray(Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.Resampling.NEAREST))
+                label = np.asarray(
+                    Image.fromarray(label).resize((self.label_size[1], self.label_size[0]), Image.Resampling.NEAREST)
+                )
             out["label"] = label
         return out
 
 
-def _crop_box(gen: torch.Generator | None, h: int, w: int, scale: tuple[float, float],
-              ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def _crop_box(
+    gen: torch.Generator | None, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """RandomResizedCrop box (top, left, h, w): area fraction ~ U(scale), log-uniform aspect, 10 tries."""
     for _ in range(10):
         area = h * w * (scale[0] + (scale[1] - scale[0]) * uniform01(gen))
@@ -63,9 +77,16 @@ class MultiCrop:
     resized to ``size``² (PIL bilinear), each local box re-drawn until it overlaps the global box by more
     than ``min_overlap`` × image area. No flip, no colour jitter (``augment_image: False``)."""
 
-    def __init__(self, size: int = 224, n_local: int = 2, global_scale: tuple[float, float] = (0.5, 1.0),
-                 local_scale: tuple[float, float] = (0.05, 0.25), min_overlap: float = 0.05,
-                 norm: Normalization = IMAGENET_RGB, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        size: int = 224,
+        n_local: int = 2,
+        global_scale: tuple[float, float] = (0.5, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.25),
+        min_overlap: float = 0.05,
+        norm: Normalization = IMAGENET_RGB,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.size, self.n_local, self.generator = size, n_local, generator
         self.global_scale, self.local_scale, self.min_overlap = global_scale, local_scale, min_overlap
         self.finish = Compose([Normalize(norm), ToTensor()])

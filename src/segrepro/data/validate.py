@@ -51,7 +51,9 @@ def read_png(path: Path, modes: Iterable[str], what: str = "label") -> tuple[np.
                 return None, problem(path, f"{what} is {im.format}, not PNG", "re-export it as PNG")
             if im.mode not in modes:
                 return None, problem(
-                    path, f"{what} has mode {im.mode}, expected {' or '.join(modes)}", "write it in the official encoding"
+                    path,
+                    f"{what} has mode {im.mode}, expected {' or '.join(modes)}",
+                    "write it in the official encoding",
                 )
             im.load()
             return np.asarray(im), None
@@ -144,8 +146,9 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: i
         return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="file"))
 
 
-def process_map(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int | None = None,
-                chunksize: int = 4) -> list[R]:
+def process_map(
+    fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int | None = None, chunksize: int = 4
+) -> list[R]:
     """Ordered map over processes (all cores by default) with a progress bar; ``fn`` must be picklable.
 
     Why processes: the per-file checks mix PNG decoding with numpy passes and Python work, and threads

@@ -21,8 +21,17 @@ import numpy as np
 from PIL import Image
 
 from segrepro.data.paired import (
-    Pair, PairedDataset, Transform, check_pairs, identity_lut, list_problems, missing_dirs, read_ids, synth_scenes,
-    write_jpeg, write_prepared,
+    Pair,
+    PairedDataset,
+    Transform,
+    check_pairs,
+    identity_lut,
+    list_problems,
+    missing_dirs,
+    read_ids,
+    synth_scenes,
+    write_jpeg,
+    write_prepared,
 )
 from segrepro.data.synth_scene import SceneClass, SceneComposer
 from segrepro.data.validate import atomic_output_dir, problem, raise_problems, split_count_problems, write_png
@@ -33,8 +42,27 @@ SPLITS = ("trainaug", "val", "train")
 SYNTH_SPLITS = ("trainaug", "val")  # --split-sizes order; 'train' is the VOC-origin part of trainaug
 OFFICIAL_COUNTS = {"trainaug": 10582, "val": 1449, "train": 1464}
 CLASS_NAMES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 LUT = identity_lut(len(CLASS_NAMES))
 LEGAL = (np.arange(256) < len(CLASS_NAMES)) | (np.arange(256) == 255)
@@ -50,8 +78,12 @@ class Layout:
     list_names: Mapping[str, str]  # split → list file name
 
 
-VOC2012 = Layout("voc2012", "JPEGImages", "ImageSets/Segmentation",
-                 {"trainaug": "trainaug.txt", "val": "val.txt", "train": "train.txt"})
+VOC2012 = Layout(
+    "voc2012",
+    "JPEGImages",
+    "ImageSets/Segmentation",
+    {"trainaug": "trainaug.txt", "val": "val.txt", "train": "train.txt"},
+)
 PVOC = Layout("pvoc", "images", "sets", {"trainaug": "trainaug.txt", "val": "val.txt", "train": "train.txt"})
 LAYOUTS = {"voc2012": VOC2012, "pvoc": PVOC}
 
@@ -107,7 +139,9 @@ class VOCDataset(PairedDataset):
         lay, base = LAYOUTS[layout], base_dir(root, layout)
         list_path = base / lay.lists / lay.list_names[split]
         if not list_path.is_file():
-            raise UserError(f"{list_path}: list file not found; check the VOC root (segrepro data prepare voc validates it)")
+            raise UserError(
+                f"{list_path}: list file not found; check the VOC root (segrepro data prepare voc validates it)"
+            )
         ids = read_ids(list_path)
         pairs = [Pair(i, base / lay.images / f"{i}.jpg", base / mask_dir(split) / f"{i}.png") for i in ids]
         self.layout = layout
@@ -117,7 +151,11 @@ class VOCDataset(PairedDataset):
 # -- synthetic stand-in ------------------------------------------------------------------------------
 def scene_classes() -> tuple[SceneClass, ...]:
     """Background fills the frame (the 'sky' role with no ground: objects anywhere), 20 object classes."""
-    return (SceneClass(0, "sky"), *(SceneClass(v, "object") for v in range(1, 21)), SceneClass(255, "void", required=False))
+    return (
+        SceneClass(0, "sky"),
+        *(SceneClass(v, "object") for v in range(1, 21)),
+        SceneClass(255, "void", required=False),
+    )
 
 
 def boundary_band(label: np.ndarray, width: int) -> np.ndarray:
@@ -195,8 +233,11 @@ def _layout_problems(root: Path, layout: str) -> tuple[list[str], dict[str, list
         img_dir, msk_dir = base / lay.images, base / mask_dir(split)
         missing = list_problems(list_path, ids, {img_dir: ".jpg", msk_dir: ".png"})
         problems += missing
-        present = [Pair(i, img_dir / f"{i}.jpg", msk_dir / f"{i}.png") for i in ids
-                   if (img_dir / f"{i}.jpg").is_file() and (msk_dir / f"{i}.png").is_file()]
+        present = [
+            Pair(i, img_dir / f"{i}.jpg", msk_dir / f"{i}.png")
+            for i in ids
+            if (img_dir / f"{i}.jpg").is_file() and (msk_dir / f"{i}.png").is_file()
+        ]
         modes = ("P",) if split == "val" else ("L", "P")
         probs, files = check_pairs(present, modes, LEGAL, "VOC 0..20/255", Path(root), f"check voc {layout} {split}")
         problems += probs
@@ -205,16 +246,28 @@ def _layout_problems(root: Path, layout: str) -> tuple[list[str], dict[str, list
     if "val" in lists and "trainaug" in lists:
         both = sorted(set(lists["val"]) & set(lists["trainaug"]))
         if both:
-            problems.append(problem(base / lay.lists / lay.list_names["trainaug"], f"{len(both)} val id(s) also in trainaug (e.g. {both[0]})",
-                                    "trainaug must exclude VOC val; rebuild it"))
+            problems.append(
+                problem(
+                    base / lay.lists / lay.list_names["trainaug"],
+                    f"{len(both)} val id(s) also in trainaug (e.g. {both[0]})",
+                    "trainaug must exclude VOC val; rebuild it",
+                )
+            )
     if "train" in lists and "trainaug" in lists:
         extra = sorted(set(lists["train"]) - set(lists["trainaug"]))
         if extra:
-            problems.append(problem(base / lay.lists / lay.list_names["train"], f"{len(extra)} train id(s) not in trainaug (e.g. {extra[0]})",
-                                    "trainaug must contain VOC train; rebuild it"))
+            problems.append(
+                problem(
+                    base / lay.lists / lay.list_names["train"],
+                    f"{len(extra)} train id(s) not in trainaug (e.g. {extra[0]})",
+                    "trainaug must contain VOC train; rebuild it",
+                )
+            )
     counts = {s: len(v) for s, v in lists.items()}
     real = sum(counts.values()) >= 0.5 * sum(OFFICIAL_COUNTS.values())
-    problems += split_count_problems({s: base / lay.lists / lay.list_names[s] for s in counts}, counts, OFFICIAL_COUNTS if real else None)
+    problems += split_count_problems(
+        {s: base / lay.lists / lay.list_names[s] for s in counts}, counts, OFFICIAL_COUNTS if real else None
+    )
     return problems, lists, sources
 
 
@@ -223,7 +276,13 @@ def prepare(root: Path, out: Path) -> Path:
     split lists of the first one plus a manifest that hashes every source file."""
     layouts = find_layouts(root)
     if not layouts:
-        raise_problems([problem(Path(root), "no VOC layout found", "expected VOCdevkit/VOC2012/ImageSets/Segmentation or PVOC/sets")])
+        raise_problems(
+            [
+                problem(
+                    Path(root), "no VOC layout found", "expected VOCdevkit/VOC2012/ImageSets/Segmentation or PVOC/sets"
+                )
+            ]
+        )
     problems: list[str] = []
     lists: dict[str, list[str]] = {}
     sources: dict[str, dict] = {}
@@ -233,5 +292,9 @@ def prepare(root: Path, out: Path) -> Path:
         sources.update(files)
         lists = lists or layout_lists
     raise_problems(problems)
-    return write_prepared(out, NAME, lists, {"root": str(Path(root).resolve()), "layouts": layouts,
-                                             "num_classes": len(CLASS_NAMES), "sources": sources})
+    return write_prepared(
+        out,
+        NAME,
+        lists,
+        {"root": str(Path(root).resolve()), "layouts": layouts, "num_classes": len(CLASS_NAMES), "sources": sources},
+    )

@@ -25,8 +25,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def bench_train(cfg: Recipe, device: str = "cpu", iterations: int = 5, warmup: int = 2,
-                batch: int | None = None, crop: int | None = None) -> dict[str, Any]:
+def bench_train(
+    cfg: Recipe,
+    device: str = "cpu",
+    iterations: int = 5,
+    warmup: int = 2,
+    batch: int | None = None,
+    crop: int | None = None,
+) -> dict[str, Any]:
     """Time ``iterations`` optimiser steps of ``cfg`` (a validated recipe) after ``warmup`` steps."""
     dev = torch.device(device)
     hw = (crop, crop) if crop else cfg.crop_hw
@@ -45,8 +51,10 @@ def bench_train(cfg: Recipe, device: str = "cpu", iterations: int = 5, warmup: i
     else:
         objective = supervised(cfg, model, warmup + iterations)
         num_classes = cfg.model_num_classes() or get_spec(cfg.method, cfg.variant).default_num_classes
-        sample = {"image": torch.randn(b, 3, *hw, generator=g),
-                  "label": torch.randint(0, num_classes, (b, *hw), generator=g)}
+        sample = {
+            "image": torch.randn(b, 3, *hw, generator=g),
+            "label": torch.randint(0, num_classes, (b, *hw), generator=g),
+        }
     for m in objective.modules:
         m.to(dev)
 
@@ -68,8 +76,18 @@ def bench_train(cfg: Recipe, device: str = "cpu", iterations: int = 5, warmup: i
         torch.cuda.synchronize(dev)
     per_iter = (time.perf_counter() - start) / iterations
     return {
-        "method": cfg.method, "variant": cfg.variant, "recipe": cfg.recipe, "device": str(dev),
-        "precision": "bf16" if amp else "fp32", "batch": b, "crop": f"{hw[0]}x{hw[1]}",
-        "s_per_iter": per_iter, "img_per_s": b / per_iter, "peak_memory_mb": _peak_memory_mb(dev),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "method": cfg.method,
+        "variant": cfg.variant,
+        "recipe": cfg.recipe,
+        "device": str(dev),
+        "precision": "bf16" if amp else "fp32",
+        "batch": b,
+        "crop": f"{hw[0]}x{hw[1]}",
+        "s_per_iter": per_iter,
+        "img_per_s": b / per_iter,
+        "peak_memory_mb": _peak_memory_mb(dev),
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}"
+        ),
     }

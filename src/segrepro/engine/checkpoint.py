@@ -76,7 +76,11 @@ class CheckpointManager:
                 if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
                     raise ValueError("not a segrepro training checkpoint")
             except Exception as err:  # a truncated zip raises RuntimeError, pickle errors vary
-                log.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path, str(err).split(".")[0][:160])
+                log.warning(
+                    "skipping unreadable checkpoint %s (%s); trying the previous one",
+                    path,
+                    str(err).split(".")[0][:160],
+                )
                 continue
             state["path"] = str(path)
             return state

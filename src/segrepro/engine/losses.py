@@ -49,8 +49,9 @@ def ohem_cross_entropy(
         valid = tg != ignore_index
         flat_t = tg[valid]
         n = flat_t.numel()
-        pixel_ce = F.cross_entropy(lg.unsqueeze(0), tg.unsqueeze(0), weight=weight, ignore_index=ignore_index,
-                                   reduction="none")[0][valid]
+        pixel_ce = F.cross_entropy(
+            lg.unsqueeze(0), tg.unsqueeze(0), weight=weight, ignore_index=ignore_index, reduction="none"
+        )[0][valid]
         if n == 0:
             losses.append(lg.sum() * 0.0)
             continue
@@ -145,8 +146,9 @@ class SegCriterion(nn.Module):
             if t.loss == "ce":
                 value = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
             elif t.loss == "ohem":
-                value = ohem_cross_entropy(logits, target, ignore_index=self.ignore_index,
-                                           weight=self.class_weights, **self.ohem)
+                value = ohem_cross_entropy(
+                    logits, target, ignore_index=self.ignore_index, weight=self.class_weights, **self.ohem
+                )
             else:
                 value = lovasz_softmax(torch.softmax(logits, dim=1), target, self.ignore_index)
             parts[f"{t.loss}_{t.output}"] = value.detach()

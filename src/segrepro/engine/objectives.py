@@ -52,10 +52,12 @@ def supervised(cfg: Recipe, model: nn.Module, iterations: int) -> Objective:
             if "Expected more than 1 value per channel" not in str(err):
                 raise
             method = cfg.method
-            raise UserError(f"a micro-batch of {image.shape[0]} image(s) per process is too small for {method}'s "
-                            f"BatchNorm after global pooling; use --set train.{method}.per_gpu_batch=2 (the global "
-                            "batch is kept by accumulation), or train on several GPUs, where SyncBatchNorm pools "
-                            "them") from None
+            raise UserError(
+                f"a micro-batch of {image.shape[0]} image(s) per process is too small for {method}'s "
+                f"BatchNorm after global pooling; use --set train.{method}.per_gpu_batch=2 (the global "
+                "batch is kept by accumulation), or train on several GPUs, where SyncBatchNorm pools "
+                "them"
+            ) from None
         return criterion(out, label)
 
     power = opt.poly_power

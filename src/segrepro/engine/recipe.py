@@ -193,8 +193,9 @@ class Recipe(_Frozen):
         return NORMALIZATIONS[self.normalization]
 
     def train_augment(self) -> TrainAugment:
-        return TrainAugment(self.crop_hw, self.scale.augment() if self.scale else None, self.flip, self.brightness,
-                            self.train_min_side)
+        return TrainAugment(
+            self.crop_hw, self.scale.augment() if self.scale else None, self.flip, self.brightness, self.train_min_side
+        )
 
     def eval_sizes(self, at_train_crop: bool = False) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         """(input size, label size) of the eval transform; ``at_train_crop`` (quick val of a fixed-size
@@ -244,16 +245,22 @@ class BatchLayout:
     global_batch: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"world_size": self.world_size, "micro_batch": self.micro_batch, "accumulation": self.accumulation,
-                "global_batch": self.global_batch}
+        return {
+            "world_size": self.world_size,
+            "micro_batch": self.micro_batch,
+            "accumulation": self.accumulation,
+            "global_batch": self.global_batch,
+        }
 
 
 def batch_layout(recipe: Recipe, world_size: int) -> BatchLayout:
     """Micro-batch = min(per-GPU batch, global / processes); accumulation keeps the global batch."""
     micro = min(recipe.micro_batch, max(1, recipe.batch_size // world_size))
     if recipe.batch_size % (micro * world_size):
-        raise RecipeError(f"train.{recipe.method}: batch_size {recipe.batch_size} is not a multiple of micro-batch "
-                        f"{micro} × {world_size} process(es); change batch_size or per_gpu_batch")
+        raise RecipeError(
+            f"train.{recipe.method}: batch_size {recipe.batch_size} is not a multiple of micro-batch "
+            f"{micro} × {world_size} process(es); change batch_size or per_gpu_batch"
+        )
     return BatchLayout(world_size, micro, recipe.batch_size // (micro * world_size), recipe.batch_size)
 
 
@@ -291,8 +298,9 @@ def _unknown(path: str, key: object, valid: Sequence[str]) -> RecipeError:
     return RecipeError(f"{path}.{key}: unknown key; {hint}" if path else f"{key}: unknown key; {hint}")
 
 
-def check_keys(raw: Mapping[str, Any], model: type[BaseModel], path: str, allowed: Sequence[str] = (),
-               refused: Sequence[str] = ()) -> None:
+def check_keys(
+    raw: Mapping[str, Any], model: type[BaseModel], path: str, allowed: Sequence[str] = (), refused: Sequence[str] = ()
+) -> None:
     """Refuse any key of ``raw`` (recursively) that ``model`` does not declare, naming ``path.key``."""
     valid = [k for k in model.model_fields if k not in refused] + list(allowed)
     for key, value in raw.items():
@@ -366,8 +374,13 @@ class _Sources:
     def path(self, loc: Sequence[Any]) -> str:
         dotted = ".".join(str(p) for p in loc)
         for layer in self.layers:
-            if layer.path.startswith("train.") and len(loc) >= 2 and loc[0] == "optimizer" \
-                    and loc[1] in OPTIMIZER_SHORTCUTS and loc[1] in layer.data:
+            if (
+                layer.path.startswith("train.")
+                and len(loc) >= 2
+                and loc[0] == "optimizer"
+                and loc[1] in OPTIMIZER_SHORTCUTS
+                and loc[1] in layer.data
+            ):
                 return f"{layer.path}.{'.'.join(str(p) for p in loc[1:])}"
             if _lookup(layer.data, loc):
                 return f"{layer.path}.{dotted}" if dotted else layer.path
@@ -394,7 +407,7 @@ def _chain(method: str, recipes: Mapping[str, Any], name: str) -> list[tuple[str
         if not isinstance(current, str):
             raise RecipeError(f"recipes.{method}.{seen[-1]}.extends: expected a recipe name, got {current!r}")
         if current in seen:
-            cycle = " → ".join([*seen[seen.index(current):], current])
+            cycle = " → ".join([*seen[seen.index(current) :], current])
             raise RecipeError(f"recipes.{method}.{seen[-1]}.extends: cycle {cycle}; remove one of these extends")
         if current not in recipes:
             where = f"recipes.{method}.{seen[-1]}.extends" if seen else f"recipes.{method}"
@@ -435,13 +448,17 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
 
     if recipe.dataset not in DATASETS:
         close = difflib.get_close_matches(recipe.dataset, list(DATASETS), n=1)
-        raise fail(("dataset",), f"unknown dataset {recipe.dataset!r}; "
-                   + (f"did you mean {close[0]}?" if close else f"choose one of: {', '.join(DATASETS)}"))
+        raise fail(
+            ("dataset",),
+            f"unknown dataset {recipe.dataset!r}; "
+            + (f"did you mean {close[0]}?" if close else f"choose one of: {', '.join(DATASETS)}"),
+        )
     splits = DATASETS[recipe.dataset].all_splits
     for key in ("train_split", "val_split"):
         if getattr(recipe, key) not in splits:
-            raise fail((key,), f"{recipe.dataset} has no split {getattr(recipe, key)!r}; "
-                       f"choose one of: {', '.join(splits)}")
+            raise fail(
+                (key,), f"{recipe.dataset} has no split {getattr(recipe, key)!r}; choose one of: {', '.join(splits)}"
+            )
     for split, protocol in recipe.eval.items():
         if split not in splits:
             raise fail(("eval", split), f"{recipe.dataset} has no split {split!r}; choose one of: {', '.join(splits)}")
@@ -449,16 +466,21 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
             raise fail(("eval", split, "resize"), "give [short side, long-side cap] with short ≤ long")
     variants = list_variants(recipe.method)
     if recipe.variant is not None and recipe.variant not in variants:
-        raise fail(("variant",), f"unknown variant {recipe.variant!r} for {recipe.method}; choose one of: "
-                   f"{', '.join(variants)}")
+        raise fail(
+            ("variant",),
+            f"unknown variant {recipe.variant!r} for {recipe.method}; choose one of: {', '.join(variants)}",
+        )
     if recipe.normalization not in NORMALIZATIONS:
-        raise fail(("normalization",), f"unknown normalization {recipe.normalization!r}; choose one of: "
-                   f"{', '.join(NORMALIZATIONS)}")
+        raise fail(
+            ("normalization",),
+            f"unknown normalization {recipe.normalization!r}; choose one of: {', '.join(NORMALIZATIONS)}",
+        )
     if (recipe.iterations is None) == (recipe.epochs is None):
         raise fail(("iterations",), "give exactly one of iterations and epochs (set the other to null)")
     if recipe.per_gpu_batch is None and recipe.batch_size % recipe.gpus:
-        raise fail(("gpus",), f"batch_size {recipe.batch_size} is not a multiple of gpus {recipe.gpus}; "
-                   "give per_gpu_batch")
+        raise fail(
+            ("gpus",), f"batch_size {recipe.batch_size} is not a multiple of gpus {recipe.gpus}; give per_gpu_batch"
+        )
     scale = recipe.scale
     if scale is not None and (scale.choices is None) == (scale.range is None):
         raise fail(("scale",), "give exactly one of choices: [start, stop, step] and range: [lo, hi]")
@@ -476,16 +498,22 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
     if recipe.objective != card.objective:
         raise fail(("objective",), f"{recipe.method} is {card.objective}; its model cannot train {recipe.objective}")
     if recipe.self_supervised:
-        for loc, wrong in ((("loss",), recipe.loss is not None), (("scale",), recipe.scale is not None),
-                           (("flip",), recipe.flip), (("brightness",), recipe.brightness != 0),
-                           (("train_min_side",), recipe.train_min_side is not None),
-                           (("optimizer", "poly_power"), opt.poly_power is not None),
-                           (("optimizer", "head_lr_mult"), opt.head_lr_mult != 1.0)):
+        for loc, wrong in (
+            (("loss",), recipe.loss is not None),
+            (("scale",), recipe.scale is not None),
+            (("flip",), recipe.flip),
+            (("brightness",), recipe.brightness != 0),
+            (("train_min_side",), recipe.train_min_side is not None),
+            (("optimizer", "poly_power"), opt.poly_power is not None),
+            (("optimizer", "head_lr_mult"), opt.head_lr_mult != 1.0),
+        ):
             if wrong:
                 raise fail(loc, "not used by the self-supervised objective (multi-crop views, step lr); remove it")
         if opt.step_epochs is None or opt.gamma is None or recipe.negative_pressure is None:
-            raise fail(("optimizer", "step_epochs"), "the self-supervised objective needs step_epochs, gamma and "
-                       "negative_pressure (not null)")
+            raise fail(
+                ("optimizer", "step_epochs"),
+                "the self-supervised objective needs step_epochs, gamma and negative_pressure (not null)",
+            )
         return
     for loc, value in ((("optimizer", "step_epochs"), opt.step_epochs), (("optimizer", "gamma"), opt.gamma)):
         if value is not None:
@@ -500,8 +528,10 @@ def _check_meaning(recipe: Recipe, card: MethodCard, sources: _Sources) -> None:
         raise fail(("scale",), "missing; a supervised recipe needs scale augmentation")
     for i, term in enumerate(recipe.loss.terms):
         if term.output not in card.outputs:
-            raise fail(("loss", "terms", i, "output"), f"{recipe.method} returns no output {term.output!r}; choose "
-                       f"one of: {', '.join(card.outputs)}")
+            raise fail(
+                ("loss", "terms", i, "output"),
+                f"{recipe.method} returns no output {term.output!r}; choose one of: {', '.join(card.outputs)}",
+            )
     weights = recipe.loss.class_weights
     classes = recipe.model_num_classes()
     if weights is not None and len(weights) != classes:
@@ -620,9 +650,11 @@ def row_after(rows: Mapping[str, Any], name: str, recipe: Recipe) -> str:
     method, _, name_of = recipe.init_from.partition("/")
     row = rows.get(first)
     if not isinstance(row, Mapping) or (row.get("method"), row.get("recipe")) != (method, name_of):
-        raise RecipeError(f"benchmark.{name}: recipe {recipe.method}/{recipe.recipe} starts from {recipe.init_from} "
-                          f"(init_from); add the row {first}: {{method: {method}, recipe: {name_of}, dataset: "
-                          f"{recipe.dataset}, after: ...}} to benchmark")
+        raise RecipeError(
+            f"benchmark.{name}: recipe {recipe.method}/{recipe.recipe} starts from {recipe.init_from} "
+            f"(init_from); add the row {first}: {{method: {method}, recipe: {name_of}, dataset: "
+            f"{recipe.dataset}, after: ...}} to benchmark"
+        )
     return f"runs/{first}/model.pt"
 
 
@@ -632,8 +664,10 @@ def check_rows(params: Mapping[str, Any]) -> None:
     for name, row in rows.items():
         recipe = resolve(params, row["method"], row["recipe"])
         if row["dataset"] != recipe.dataset:
-            raise RecipeError(f"benchmark.{name}.dataset: {row['dataset']!r}, but recipe {recipe.method}/"
-                              f"{recipe.recipe} trains on {recipe.dataset!r}; write dataset: {recipe.dataset}")
+            raise RecipeError(
+                f"benchmark.{name}.dataset: {row['dataset']!r}, but recipe {recipe.method}/"
+                f"{recipe.recipe} trains on {recipe.dataset!r}; write dataset: {recipe.dataset}"
+            )
         expected = row_after(rows, name, recipe)
         if row["after"] != expected:
             why = "the first stage's weights" if recipe.init_from else "its prepared data"

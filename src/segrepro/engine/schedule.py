@@ -27,8 +27,9 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerCfg) -> torch.opt
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     assert cfg.momentum is not None and cfg.nesterov is not None, "a validated sgd recipe sets both"
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerCfg, head_prefixes: tuple[str, ...] = ()) -> torch.optim.Optimizer:
@@ -42,8 +43,10 @@ def build_optimizer(model: nn.Module, cfg: OptimizerCfg, head_prefixes: tuple[st
         head = [p for n, p in params if not _is_backbone(n, head_prefixes)]
         backbone = [p for n, p in params if _is_backbone(n, head_prefixes)]
         if not head or not backbone:
-            raise UserError(f"optimizer.head_lr_mult {cfg.head_lr_mult}: the method card's head prefixes "
-                            f"{list(head_prefixes)} split no head from the backbone; fix the card or drop the key")
+            raise UserError(
+                f"optimizer.head_lr_mult {cfg.head_lr_mult}: the method card's head prefixes "
+                f"{list(head_prefixes)} split no head from the backbone; fix the card or drop the key"
+            )
         groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}]
     else:
         groups = [{"params": [p for _, p in params], "lr_mult": 1.0}]

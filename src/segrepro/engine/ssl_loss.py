@@ -66,7 +66,9 @@ def alignseg_ssl_loss(
         return _loss(out.extras, negative_pressure, temperature, corr_weight)
 
 
-def _loss(extras: dict[str, Tensor], negative_pressure: float, temperature: float, corr_weight: float) -> dict[str, Tensor]:
+def _loss(
+    extras: dict[str, Tensor], negative_pressure: float, temperature: float, corr_weight: float
+) -> dict[str, Tensor]:
     e = {k: (v.float() if v.is_floating_point() else v) for k, v in extras.items()}
     tokens, queries, fg = e["tokens"], e["queries"], e["fg"].bool()
     n_global = l2n(tokens)

@@ -135,8 +135,13 @@ def train(
     sampler = StreamSampler(len(dataset), global_batch, micro, dist.rank, dist.world_size, seed, start, iters)  # type: ignore[arg-type]
     workers = cfg.workers
     loader = DataLoader(
-        SeededSamples(dataset, make_transform), batch_size=micro, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False,
+        SeededSamples(dataset, make_transform),
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        drop_last=False,
     )
     batches = _batches(loader)
     accum = sampler.accum
@@ -147,8 +152,9 @@ def train(
     t0, images_done = time.perf_counter(), 0
     history = _open_history(out_dir / "train_log.csv", start) if dist.is_main else None
     # A context manager: an error (divergence, a too-small micro-batch) closes the bar before its message.
-    with tqdm(total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True,
-              desc=f"train {cfg.method}") as bar:
+    with tqdm(
+        total=iters, initial=start, disable=not dist.is_main, dynamic_ncols=True, desc=f"train {cfg.method}"
+    ) as bar:
         for it in range(start, iters):
             lr = objective.set_lr(it)
             totals = torch.zeros(1, device=device)
@@ -156,7 +162,9 @@ def train(
             for a in range(accum):
                 batch = next(batches)
                 torch.manual_seed(_micro_seed(seed, it, a * dist.world_size + dist.rank))
-                sync = contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else cast(DDP, net).no_sync()
+                sync = (
+                    contextlib.nullcontext() if (a == accum - 1 or not dist.distributed) else cast(DDP, net).no_sync()
+                )
                 with sync:
                     with _autocast(device, amp):
                         loss, parts = objective.loss(net, batch, device)
@@ -181,7 +189,9 @@ def train(
                 history.flush()
             if dist.is_main:
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_done / max(elapsed, 1e-9):.1f}")
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_done / max(elapsed, 1e-9):.1f}"
+                )
                 bar.update(1)
             if tracker is not None and ((it + 1) % log_every == 0 or it + 1 == iters):
                 elapsed = time.perf_counter() - t0
@@ -192,16 +202,19 @@ def train(
             if (it + 1) % ckpt_every == 0 or it + 1 == iters:
                 rngs = gather_objects(rng_state())
                 if dist.is_main:
-                    path = ckpts.save(it + 1, {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "iteration": it + 1,
-                        "schedule": {"lr": lr, "max_iters": iters},
-                        "sampler": {"consumed_per_rank": (it + 1) * accum * micro, "seed": seed},
-                        "rng": rngs,
-                        "config": record,
-                    })
+                    path = ckpts.save(
+                        it + 1,
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(),
+                            "iteration": it + 1,
+                            "schedule": {"lr": lr, "max_iters": iters},
+                            "sampler": {"consumed_per_rank": (it + 1) * accum * micro, "seed": seed},
+                            "rng": rngs,
+                            "config": record,
+                        },
+                    )
                     result.final_checkpoint = path
     if history is not None:
         history.close()

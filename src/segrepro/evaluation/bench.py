@@ -20,8 +20,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,17 +36,31 @@ from segrepro.evaluation.cityscapes_metrics import (
 
 CITIES = ("frankfurt", "lindau", "munster")
 SCORE_FIELDS = ("classScores", "classInstScores", "categoryScores", "categoryInstScores")
-AVERAGE_FIELDS = ("averageScoreClasses", "averageScoreInstClasses", "averageScoreCategories",
-                  "averageScoreInstCategories")
+AVERAGE_FIELDS = (
+    "averageScoreClasses",
+    "averageScoreInstClasses",
+    "averageScoreCategories",
+    "averageScoreInstCategories",
+)
 
 
-def synthetic_pair(rng: np.random.Generator, height: int, width: int, *, block: int = 64, n_instances: int = 30,
-                   gt_ids: Sequence[int] = range(34), instance_ids: Sequence[int] = range(24, 34),
-                   pred_ids: Sequence[int] = range(34), error_fraction: float = 0.25,
-                   error_block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_pair(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    block: int = 64,
+    n_instances: int = 30,
+    gt_ids: Sequence[int] = range(34),
+    instance_ids: Sequence[int] = range(24, 34),
+    pred_ids: Sequence[int] = range(34),
+    error_fraction: float = 0.25,
+    error_block: int = 32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pred labelIds, GT labelIds, GT instanceIds) as in reference §4: blocky GT over ``gt_ids``, instance
     rectangles ``labelId*1000+k`` (other pixels keep their labelId, so 24..33 outside them are group
     regions), and a prediction equal to the GT except for random blocks drawn from ``pred_ids``."""
+
     def blocks(values: np.ndarray, size: int) -> np.ndarray:
         grid = values[rng.integers(0, len(values), size=(-(-height // size), -(-width // size)))]
         return np.kron(grid, np.ones((size, size), dtype=grid.dtype))[:height, :width]
@@ -57,15 +71,16 @@ def synthetic_pair(rng: np.random.Generator, height: int, width: int, *, block: 
         cls = int(rng.choice(np.asarray(instance_ids)))
         h, w = int(rng.integers(2, max(3, height // 4))), int(rng.integers(2, max(3, width // 4)))
         y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        gt[y:y + h, x:x + w] = cls
-        inst[y:y + h, x:x + w] = cls * 1000 + k
+        gt[y : y + h, x : x + w] = cls
+        inst[y : y + h, x : x + w] = cls * 1000 + k
     wrong = blocks(np.arange(100), error_block) < 100 * error_fraction
     pred = np.where(wrong, blocks(np.asarray(pred_ids, dtype=np.uint8), error_block), gt)
     return pred, gt, inst
 
 
-def write_synthetic_set(root: Path, n_images: int, height: int, width: int, seed: int = 0,
-                        compress_level: int = 6, **pair_kwargs) -> tuple[Path, Path]:
+def write_synthetic_set(
+    root: Path, n_images: int, height: int, width: int, seed: int = 0, compress_level: int = 6, **pair_kwargs
+) -> tuple[Path, Path]:
     """Write ``n_images`` synthetic pairs in the official layout; returns (gt_root, pred_root).
 
     GT: ``root/gtFine/val/<city>/<stem>_gtFine_{labelIds,instanceIds}.png``; predictions:
@@ -86,6 +101,10 @@ def write_synthetic_set(root: Path, n_images: int, height: int, width: int, seed
     return root, pred_root
 
 
+def _in1d(a: Any, b: Any, assume_unique: bool = False, invert: bool = False) -> np.ndarray:
+    return np.isin(np.ravel(a), b, assume_unique=assume_unique, invert=invert)
+
+
 @contextlib.contextmanager
 def official_evaluator() -> Iterator[ModuleType]:
     """cityscapesscripts' evaluator module, quiet, no JSON, nIoU on, with ``np.in1d`` present while inside."""
@@ -93,8 +112,7 @@ def official_evaluator() -> Iterator[ModuleType]:
 
     added = not hasattr(np, "in1d")
     if added:
-        setattr(np, "in1d", lambda a, b, assume_unique=False, invert=False: np.isin(  # noqa: B010
-            np.ravel(a), b, assume_unique=assume_unique, invert=invert))
+        setattr(np, "in1d", _in1d)  # noqa: B010 - NumPy 2.4 removed it; mypy knows it is gone
     keys = ("quiet", "JSONOutput", "evalInstLevelScore", "evalPixelAccuracy", "predictionPath", "predictionWalk")
     saved = {k: getattr(ev.args, k) for k in keys}
     ev.args.quiet, ev.args.JSONOutput, ev.args.evalInstLevelScore, ev.args.evalPixelAccuracy = True, False, True, False
@@ -162,8 +180,15 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}"
 
 
-def bench_eval(work_dir: Path, n_images: int = 20, height: int = 1024, width: int = 2048, repeats: int = 3,
-               workers: int = 2, seed: int = 0) -> dict:
+def bench_eval(
+    work_dir: Path,
+    n_images: int = 20,
+    height: int = 1024,
+    width: int = 2048,
+    repeats: int = 3,
+    workers: int = 2,
+    seed: int = 0,
+) -> dict:
     """Time both comparisons and check the values; returns the figures (seconds, speed-ups, max diff)."""
     gt_root, pred_root = write_synthetic_set(Path(work_dir), n_images, height, width, seed)
     pairs = find_cityscapes_pairs(gt_root, pred_root)
@@ -204,17 +229,26 @@ def bench_eval(work_dir: Path, n_images: int = 20, height: int = 1024, width: in
     finally:
         torch.set_num_threads(threads)
     ours = evaluate_cityscapes_folders(gt_root, pred_root, workers=workers, progress=False)
-    ours_e2e = _median_time(lambda: evaluate_cityscapes_folders(gt_root, pred_root, workers=workers,
-                                                                progress=False), repeats)
+    ours_e2e = _median_time(
+        lambda: evaluate_cityscapes_folders(gt_root, pred_root, workers=workers, progress=False), repeats
+    )
     return {
-        "machine": machine(), "load_average": os.getloadavg()[0],
-        "images": n_images, "size": f"{width}x{height}", "repeats": repeats, "workers": workers,
-        "per_image_official_s": official_img[0] / n_images, "per_image_ours_s": ours_img[0] / n_images,
-        "per_image_official_cpu_s": official_img[1] / n_images, "per_image_ours_cpu_s": ours_img[1] / n_images,
-        "per_image_speedup": official_img[0] / ours_img[0], "per_image_cpu_speedup": official_img[1] / ours_img[1],
+        "machine": machine(),
+        "load_average": os.getloadavg()[0],
+        "images": n_images,
+        "size": f"{width}x{height}",
+        "repeats": repeats,
+        "workers": workers,
+        "per_image_official_s": official_img[0] / n_images,
+        "per_image_ours_s": ours_img[0] / n_images,
+        "per_image_official_cpu_s": official_img[1] / n_images,
+        "per_image_ours_cpu_s": ours_img[1] / n_images,
+        "per_image_speedup": official_img[0] / ours_img[0],
+        "per_image_cpu_speedup": official_img[1] / ours_img[1],
         "per_image_official_with_decode_s": official_files[0] / n_images,
         "per_image_with_decode_speedup": official_files[0] / ours_img[0],
-        "end_to_end_official_s": official_e2e[0], "end_to_end_ours_s": ours_e2e[0],
+        "end_to_end_official_s": official_e2e[0],
+        "end_to_end_ours_s": ours_e2e[0],
         "end_to_end_speedup": official_e2e[0] / ours_e2e[0],
         "in_memory_confusion_equal": bool(same_matrix),
         "max_abs_difference": max_difference(official, ours.official_dict()),
@@ -225,33 +259,42 @@ def bench_eval(work_dir: Path, n_images: int = 20, height: int = 1024, width: in
 def markdown(figures: dict) -> str:
     """The docs/benchmarks.md rows for one run."""
     f = figures
-    return "\n".join([
-        f"Machine: {f['machine']}; 1-minute load average {f['load_average']:.1f} while measuring. "
-        f"Data: {f['images']} synthetic pairs of {f['size']} (reference §4 recipe), median of {f['repeats']} runs.",
-        "",
-        "| comparison | cityscapesscripts 2.3.0 | segrepro | speed-up |",
-        "|---|---|---|---|",
-        f"| per-image update on decoded arrays, wall (1 thread each) | {f['per_image_official_s'] * 1e3:.1f} ms "
-        f"| {f['per_image_ours_s'] * 1e3:.2f} ms | {f['per_image_speedup']:.1f}× |",
-        f"| per-image update on decoded arrays, CPU time | {f['per_image_official_cpu_s'] * 1e3:.1f} ms "
-        f"| {f['per_image_ours_cpu_s'] * 1e3:.2f} ms | {f['per_image_cpu_speedup']:.1f}× |",
-        f"| official `evaluatePair` as shipped (reads its 3 PNGs) vs our update on decoded arrays, wall "
-        f"| {f['per_image_official_with_decode_s'] * 1e3:.1f} ms | {f['per_image_ours_s'] * 1e3:.2f} ms "
-        f"| {f['per_image_with_decode_speedup']:.1f}× |",
-        f"| end to end on the PNG folder, decoding included ({f['workers']} decode workers), wall "
-        f"| {f['end_to_end_official_s']:.2f} s | {f['end_to_end_ours_s']:.2f} s | {f['end_to_end_speedup']:.1f}× |",
-        "",
-        f"Values: confusion matrices equal: {f['in_memory_confusion_equal']}; largest absolute difference over all "
-        f"class/category IoU, iIoU and averages: {f['max_abs_difference']:.1e} (mIoU {f['mIoU']:.5f}).",
-    ])
+    return "\n".join(
+        [
+            f"Machine: {f['machine']}; 1-minute load average {f['load_average']:.1f} while measuring. "
+            f"Data: {f['images']} synthetic pairs of {f['size']} (reference §4 recipe), median of {f['repeats']} runs.",
+            "",
+            "| comparison | cityscapesscripts 2.3.0 | segrepro | speed-up |",
+            "|---|---|---|---|",
+            f"| per-image update on decoded arrays, wall (1 thread each) | {f['per_image_official_s'] * 1e3:.1f} ms "
+            f"| {f['per_image_ours_s'] * 1e3:.2f} ms | {f['per_image_speedup']:.1f}× |",
+            f"| per-image update on decoded arrays, CPU time | {f['per_image_official_cpu_s'] * 1e3:.1f} ms "
+            f"| {f['per_image_ours_cpu_s'] * 1e3:.2f} ms | {f['per_image_cpu_speedup']:.1f}× |",
+            f"| official `evaluatePair` as shipped (reads its 3 PNGs) vs our update on decoded arrays, wall "
+            f"| {f['per_image_official_with_decode_s'] * 1e3:.1f} ms | {f['per_image_ours_s'] * 1e3:.2f} ms "
+            f"| {f['per_image_with_decode_speedup']:.1f}× |",
+            f"| end to end on the PNG folder, decoding included ({f['workers']} decode workers), wall "
+            f"| {f['end_to_end_official_s']:.2f} s | {f['end_to_end_ours_s']:.2f} s | {f['end_to_end_speedup']:.1f}× |",
+            "",
+            f"Values: confusion matrices equal: {f['in_memory_confusion_equal']}; largest absolute difference over all "
+            f"class/category IoU, iIoU and averages: {f['max_abs_difference']:.1e} (mIoU {f['mIoU']:.5f}).",
+        ]
+    )
 
 
 # -- inference half: img/s per protocol -------------------------------------------------------------
 
 
-def bench_inference(methods: Sequence[str], variant: str, device: str, height: int, width: int,
-                    protocols: Sequence[str] = ("official", "ss", "ms-flip"), repeats: int = 2,
-                    tile_batch: int = 4) -> list[dict]:
+def bench_inference(
+    methods: Sequence[str],
+    variant: str,
+    device: str,
+    height: int,
+    width: int,
+    protocols: Sequence[str] = ("official", "ss", "ms-flip"),
+    repeats: int = 2,
+    tile_batch: int = 4,
+) -> list[dict]:
     """Images/s of :func:`predict_classes` per method and protocol on one random image (one untimed warm-up).
 
     CPU: tiny variants at a small size, where tiles larger than the image degrade to whole-image passes;
@@ -275,16 +318,26 @@ def bench_inference(methods: Sequence[str], variant: str, device: str, height: i
 
             once()
             wall, _ = _median_time(once, repeats)
-            rows.append({"method": method, "variant": variant, "protocol": proto.describe(),
-                         "size": f"{width}x{height}", "device": device, "img_per_s": 1.0 / wall})
+            rows.append(
+                {
+                    "method": method,
+                    "variant": variant,
+                    "protocol": proto.describe(),
+                    "size": f"{width}x{height}",
+                    "device": device,
+                    "img_per_s": 1.0 / wall,
+                }
+            )
         del model
     return rows
 
 
 def markdown_inference(rows: list[dict]) -> str:
     lines = ["| method | variant | protocol | size | device | img/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['variant']} | {r['protocol']} | {r['size']} | {r['device']} | {r['img_per_s']:.2f} |"
-              for r in rows]
+    lines += [
+        f"| {r['method']} | {r['variant']} | {r['protocol']} | {r['size']} | {r['device']} | {r['img_per_s']:.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -345,26 +398,58 @@ def bench_eval_folder(gt_root: Path, pred_root: Path, work_dir: Path, workers: i
 
     def timed(argv: list[str]) -> float:
         start = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            argv,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         return time.perf_counter() - start
 
     ours_json, official_json = Path(work_dir) / "ours.json", Path(work_dir) / "official.json"
-    cmd = [sys.executable, "-m", "segrepro.cli", "metrics", "cityscapes", "--gt-root", str(gt_root),
-           "--pred-root", str(pred_root), "--json", str(ours_json)] + (["--workers", str(workers)] if workers else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "segrepro.cli",
+        "metrics",
+        "cityscapes",
+        "--gt-root",
+        str(gt_root),
+        "--pred-root",
+        str(pred_root),
+        "--json",
+        str(ours_json),
+    ] + (["--workers", str(workers)] if workers else [])
     ours_s = timed(cmd)
-    official_s = timed([sys.executable, "-c", "import sys; from segrepro.evaluation.bench import run_official_cli; "
-                        "run_official_cli(*sys.argv[1:])", str(gt_root), str(pred_root), str(official_json)])
+    official_s = timed(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from segrepro.evaluation.bench import run_official_cli; run_official_cli(*sys.argv[1:])",
+            str(gt_root),
+            str(pred_root),
+            str(official_json),
+        ]
+    )
     n_images = len(list((Path(gt_root) / "gtFine" / "val").glob("*/*_gtFine_labelIds.png")))
     ours = json.loads(ours_json.read_text())
-    return {"machine": machine(), "load_average": os.getloadavg()[0], "images": n_images,
-            "workers": workers or os.cpu_count(), "ours_s": ours_s, "official_s": official_s,
-            "speedup": official_s / ours_s,
-            "max_abs_difference": max_difference(json.loads(official_json.read_text()), ours)}
+    return {
+        "machine": machine(),
+        "load_average": os.getloadavg()[0],
+        "images": n_images,
+        "workers": workers or os.cpu_count(),
+        "ours_s": ours_s,
+        "official_s": official_s,
+        "speedup": official_s / ours_s,
+        "max_abs_difference": max_difference(json.loads(official_json.read_text()), ours),
+    }
 
 
 def markdown_folder(f: dict) -> str:
-    return (f"| end to end, fresh processes (start-up included), {f['images']} pairs, {f['workers']} decode workers "
-            f"| {f['official_s']:.2f} s | {f['ours_s']:.2f} s | {f['speedup']:.1f}× |\n\n"
-            f"Machine: {f['machine']}; load average {f['load_average']:.1f}. Largest absolute difference over every "
-            f"score and average: {f['max_abs_difference']:.1e}.")
+    return (
+        f"| end to end, fresh processes (start-up included), {f['images']} pairs, {f['workers']} decode workers "
+        f"| {f['official_s']:.2f} s | {f['ours_s']:.2f} s | {f['speedup']:.1f}× |\n\n"
+        f"Machine: {f['machine']}; load average {f['load_average']:.1f}. Largest absolute difference over every "
+        f"score and average: {f['max_abs_difference']:.1e}."
+    )

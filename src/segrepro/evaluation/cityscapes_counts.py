@@ -47,8 +47,14 @@ def _tables() -> dict[str, np.ndarray]:
         cat_iou[k, [lab.id for lab in members if not lab.ignoreInEval]] = True
         if all(lab.hasInstances for lab in members):
             cat_inst[k, [lab.id for lab in members]] = True
-    return {"evaluated": evaluated, "inst_class": inst_class, "avg": avg, "cat_of": cat_of,
-            "cat_iou": cat_iou, "cat_inst": cat_inst}
+    return {
+        "evaluated": evaluated,
+        "inst_class": inst_class,
+        "avg": avg,
+        "cat_of": cat_of,
+        "cat_iou": cat_iou,
+        "cat_inst": cat_inst,
+    }
 
 
 TABLES = _tables()
@@ -58,8 +64,10 @@ CATEGORY_NAMES = csl.category_names()
 
 def _check_ids(what: str, lo: int, hi: int) -> None:
     if lo < 0 or hi >= N:
-        raise ValueError(f"{what} holds id {hi if hi >= N else lo}; labelIds must be 0..{N - 1}"
-                         + (" (trainIds or the 255 ignore value written by mistake?)" if hi >= N else ""))
+        raise ValueError(
+            f"{what} holds id {hi if hi >= N else lo}; labelIds must be 0..{N - 1}"
+            + (" (trainIds or the 255 ignore value written by mistake?)" if hi >= N else "")
+        )
 
 
 def _instance_rows(lo: int, hi: int) -> int:
@@ -76,8 +84,9 @@ def _extremes(a: np.ndarray) -> tuple[int, int]:
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _count(pred: np.ndarray, gt: np.ndarray, inst: np.ndarray,
-           n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+def _count(
+    pred: np.ndarray, gt: np.ndarray, inst: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     conf = np.zeros((LANES, N * N), dtype=np.int32)
     hist = np.zeros((LANES, n_rows, N_CODES), dtype=np.int32)
     with_inst = inst.size == pred.size
@@ -101,8 +110,9 @@ def _count(pred: np.ndarray, gt: np.ndarray, inst: np.ndarray,
     return conf.sum(axis=0).astype(np.int64).reshape(N, N), rows + ROW_BASE, total[rows]
 
 
-def fused_histograms(pred: np.ndarray, gt: np.ndarray,
-                     inst: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fused_histograms(
+    pred: np.ndarray, gt: np.ndarray, inst: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(conf (N, N), instance ids (k,), hist (k, N_CODES))``, int64, for one image on CPU.
 
     ``hist[j, c]``: pixels of instance ``ids[j]`` whose prediction has code ``c`` (0 = labelId below
@@ -121,8 +131,9 @@ def fused_histograms(pred: np.ndarray, gt: np.ndarray,
     return _count(pred, gt, inst, n_rows)
 
 
-def device_histograms(pred: torch.Tensor, gt: torch.Tensor,
-                      inst: torch.Tensor | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def device_histograms(
+    pred: torch.Tensor, gt: torch.Tensor, inst: torch.Tensor | None
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """:func:`fused_histograms` with ``bincount`` on the inputs' device; ``conf`` stays there."""
     import torch
 
@@ -157,11 +168,18 @@ def instance_terms(ids: np.ndarray, hist: np.ndarray) -> dict[str, np.ndarray]:
     size = hist.sum(1)
     tp = hist[np.arange(len(lab)), lab - (FIRST_INST - 1)]
     cat = TABLES["cat_of"][lab]
-    cat_tp = (hist * TABLES["cat_inst"][cat][:, FIRST_INST - 1:]).sum(1)
+    cat_tp = (hist * TABLES["cat_inst"][cat][:, FIRST_INST - 1 :]).sum(1)
     weight = TABLES["avg"][lab] / size  # official: avgClassSize / float(instSize)
-    per_class = {"inst_count": np.ones(len(lab)), "inst_tp": tp, "inst_fn": size - tp,
-                 "inst_tp_w": tp * weight, "inst_fn_w": (size - tp) * weight}
+    per_class = {
+        "inst_count": np.ones(len(lab)),
+        "inst_tp": tp,
+        "inst_fn": size - tp,
+        "inst_tp_w": tp * weight,
+        "inst_fn_w": (size - tp) * weight,
+    }
     n_cat = len(CATEGORY_NAMES)
-    return {**{k: np.bincount(lab, weights=v, minlength=N) for k, v in per_class.items()},
-            "cat_tp_w": np.bincount(cat, weights=cat_tp * weight, minlength=n_cat),
-            "cat_fn_w": np.bincount(cat, weights=(size - cat_tp) * weight, minlength=n_cat)}
+    return {
+        **{k: np.bincount(lab, weights=v, minlength=N) for k, v in per_class.items()},
+        "cat_tp_w": np.bincount(cat, weights=cat_tp * weight, minlength=n_cat),
+        "cat_fn_w": np.bincount(cat, weights=(size - cat_tp) * weight, minlength=n_cat),
+    }

@@ -3,8 +3,9 @@
 The official script builds a 34×34 labelId confusion matrix and loops over instances with one full-image
 mask each. Here both come from one histogram pass: on CPU a fused numba loop (:mod:`.cityscapes_counts`),
 on other devices a ``bincount`` over ``gt*34+pred`` plus one over (instance id, predicted id among
-24..33). Only the per-instance rows (a few dozen) are touched afterwards. The formulas (reference/cityscapes_eval_and_submission.md §1) are
-applied to the accumulated sums in :meth:`CityscapesEvaluator.compute`.
+24..33). Only the per-instance rows (a few dozen) are touched afterwards. The formulas
+(reference/cityscapes_eval_and_submission.md §1) are applied to the accumulated sums in
+:meth:`CityscapesEvaluator.compute`.
 Edge cases kept on purpose: ignored-id predictions are FN, FP counts only non-ignored GT rows, NaN scores
 leave the averages, vehicle iIoU predictions include caravan/trailer, weights are avgClassSize/size.
 Instance ids whose class has no instances or is unknown (which crash the official script) are skipped.
@@ -43,9 +44,15 @@ if TYPE_CHECKING:  # torch is imported where tensors are used: the PNG-folder pa
 
 # The accumulator's entries: shape and whether they hold float64 weights (else int64 counts).
 STATE_SPEC: dict[str, tuple[tuple[int, ...], bool]] = {
-    "conf": ((N, N), False), "inst_count": ((N,), False), "inst_tp": ((N,), False), "inst_fn": ((N,), False),
-    "inst_tp_w": ((N,), True), "inst_fn_w": ((N,), True), "cat_tp_w": ((len(CATEGORY_NAMES),), True),
-    "cat_fn_w": ((len(CATEGORY_NAMES),), True), "images": ((), False),
+    "conf": ((N, N), False),
+    "inst_count": ((N,), False),
+    "inst_tp": ((N,), False),
+    "inst_fn": ((N,), False),
+    "inst_tp_w": ((N,), True),
+    "inst_fn_w": ((N,), True),
+    "cat_tp_w": ((len(CATEGORY_NAMES),), True),
+    "cat_fn_w": ((len(CATEGORY_NAMES),), True),
+    "images": ((), False),
 }
 
 
@@ -64,8 +71,6 @@ def image_state(pred: np.ndarray, gt: np.ndarray, inst: np.ndarray | None) -> di
             state[key] += value.astype(state[key].dtype)
     state["images"] += 1
     return state
-
-
 
 
 def _score(tp: float, fp: float, fn: float) -> float:
@@ -121,13 +126,22 @@ class CityscapesResult:
             if TABLES["evaluated"][i]:
                 name = LABEL_NAMES[i]
                 lines.append(f"{name:<14}: {self.class_scores[name]:>5.3f}    {self.class_inst_scores[name]:>5.3f}")
-        lines += [rule, f"Score Average : {avg['averageScoreClasses']:5.3f}    {avg['averageScoreInstClasses']:5.3f}",
-                  rule, "", "categories       IoU      nIoU", rule]
+        lines += [
+            rule,
+            f"Score Average : {avg['averageScoreClasses']:5.3f}    {avg['averageScoreInstClasses']:5.3f}",
+            rule,
+            "",
+            "categories       IoU      nIoU",
+            rule,
+        ]
         for k, cat in enumerate(CATEGORY_NAMES):
             if TABLES["cat_iou"][k].any():
                 lines.append(f"{cat:<14}: {self.category_scores[cat]:>5.3f}    {self.category_inst_scores[cat]:>5.3f}")
-        lines += [rule, f"Score Average : {avg['averageScoreCategories']:5.3f}    {avg['averageScoreInstCategories']:5.3f}",
-                  rule]
+        lines += [
+            rule,
+            f"Score Average : {avg['averageScoreCategories']:5.3f}    {avg['averageScoreInstCategories']:5.3f}",
+            rule,
+        ]
         return "\n".join(lines)
 
 
@@ -147,8 +161,12 @@ class CityscapesEvaluator:
             raise ValueError("the fused numba pass runs on CPU; use fused=False for device tensors")
         self.state: dict[str, torch.Tensor] = {k: torch.from_numpy(v).to(self.device) for k, v in zero_state().items()}
 
-    def update(self, pred_label_ids: torch.Tensor | np.ndarray, gt_label_ids: torch.Tensor | np.ndarray,
-               gt_instance_ids: torch.Tensor | np.ndarray | None = None) -> None:
+    def update(
+        self,
+        pred_label_ids: torch.Tensor | np.ndarray,
+        gt_label_ids: torch.Tensor | np.ndarray,
+        gt_instance_ids: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
         """Add images of labelIds (``(H, W)`` or ``(B, H, W)``); instanceIds enable the iIoU terms.
 
         On CPU one fused numba pass per image (:mod:`.cityscapes_counts`); elsewhere ``bincount`` on the
@@ -158,7 +176,11 @@ class CityscapesEvaluator:
 
         from segrepro.evaluation.confusion import as_tensor
 
-        maps: dict[str, Any] = {"prediction": pred_label_ids, "ground truth": gt_label_ids, "instance map": gt_instance_ids}
+        maps: dict[str, Any] = {
+            "prediction": pred_label_ids,
+            "ground truth": gt_label_ids,
+            "instance map": gt_instance_ids,
+        }
         maps = {k: v for k, v in maps.items() if v is not None}
         shape = tuple(pred_label_ids.shape)
         for what, m in maps.items():
@@ -205,8 +227,9 @@ def scores_from_state(s: Mapping[str, np.ndarray]) -> CityscapesResult:
     class_scores, class_inst = {}, {}
     for i, name in enumerate(LABEL_NAMES):
         class_scores[name] = _score(float(tp[i]), int(fp[i]), int(fn[i])) if ev[i] else float("nan")
-        class_inst[name] = (_score(s["inst_tp_w"][i], int(fp[i]), s["inst_fn_w"][i])
-                            if TABLES["inst_class"][i] else float("nan"))
+        class_inst[name] = (
+            _score(s["inst_tp_w"][i], int(fp[i]), s["inst_fn_w"][i]) if TABLES["inst_class"][i] else float("nan")
+        )
     cat_scores, cat_inst = {}, {}
     for k, cat in enumerate(CATEGORY_NAMES):
         others = ev & (TABLES["cat_of"] != k)  # non-ignored GT rows outside the category
@@ -217,16 +240,26 @@ def scores_from_state(s: Mapping[str, np.ndarray]) -> CityscapesResult:
         else:
             cat_scores[cat] = float("nan")
         ids = TABLES["cat_inst"][k]
-        cat_inst[cat] = (_score(s["cat_tp_w"][k], int(conf[np.ix_(others, ids)].sum()), s["cat_fn_w"][k])
-                         if ids.any() else float("nan"))
+        cat_inst[cat] = (
+            _score(s["cat_tp_w"][k], int(conf[np.ix_(others, ids)].sum()), s["cat_fn_w"][k])
+            if ids.any()
+            else float("nan")
+        )
     extras = {
         "num_images": int(s["images"]),
         "num_pixels": int(conf.sum()),
-        "class_counts": {LABEL_NAMES[i]: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])}
-                         for i in range(N) if ev[i]},
-        "instance_counts": {LABEL_NAMES[i]: {"instances": int(s["inst_count"][i]), "tp": int(s["inst_tp"][i]),
-                                             "fn": int(s["inst_fn"][i])}
-                            for i in range(N) if TABLES["inst_class"][i]},
+        "class_counts": {
+            LABEL_NAMES[i]: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i])} for i in range(N) if ev[i]
+        },
+        "instance_counts": {
+            LABEL_NAMES[i]: {
+                "instances": int(s["inst_count"][i]),
+                "tp": int(s["inst_tp"][i]),
+                "fn": int(s["inst_fn"][i]),
+            }
+            for i in range(N)
+            if TABLES["inst_class"][i]
+        },
     }
     return CityscapesResult(class_scores, class_inst, cat_scores, cat_inst, conf.copy(), extras)
 
@@ -246,8 +279,10 @@ def find_cityscapes_pairs(gt_root: Path, pred_root: Path, split: str = "val") ->
     """
     gt_files = sorted((Path(gt_root) / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
     if not gt_files:
-        raise UserError(f"no ground truth under {Path(gt_root) / 'gtFine' / split}/<city>/*_gtFine_labelIds.png; "
-                        "point --gt-root at the folder that holds gtFine/")
+        raise UserError(
+            f"no ground truth under {Path(gt_root) / 'gtFine' / split}/<city>/*_gtFine_labelIds.png; "
+            "point --gt-root at the folder that holds gtFine/"
+        )
     if not Path(pred_root).is_dir():
         raise UserError(f"prediction folder {pred_root} does not exist")
     preds = sorted((p.name, p) for p in Path(pred_root).rglob("*.png"))
@@ -285,16 +320,19 @@ def _evaluate_pair(pair: tuple[Path, Path, Path]) -> dict[str, np.ndarray]:
     pred, gt, inst = _read_png(pred_path), _read_png(gt_path), _read_png(inst_path)
     for path, arr in ((gt_path, gt), (inst_path, inst)):
         if arr.shape != pred.shape:
-            raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {path} is "
-                            f"{arr.shape[1]}x{arr.shape[0]}; predictions must have the GT size")
+            raise UserError(
+                f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {path} is "
+                f"{arr.shape[1]}x{arr.shape[0]}; predictions must have the GT size"
+            )
     try:
         return image_state(pred, gt, inst)
     except ValueError as err:
         raise UserError(f"{pred_path} (ground truth {gt_path.name}): {err}") from None
 
 
-def evaluate_cityscapes_folders(gt_root: Path, pred_root: Path, split: str = "val", workers: int | None = None,
-                                progress: bool = True) -> CityscapesResult:
+def evaluate_cityscapes_folders(
+    gt_root: Path, pred_root: Path, split: str = "val", workers: int | None = None, progress: bool = True
+) -> CityscapesResult:
     """The official evaluator's numbers for a folder of labelId PNGs, decoding in ``workers`` processes
     (default: every core; 0 decodes in this process). Needs neither torch nor a GPU."""
     pairs = find_cityscapes_pairs(gt_root, pred_root, split)
@@ -307,7 +345,7 @@ def evaluate_cityscapes_folders(gt_root: Path, pred_root: Path, split: str = "va
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pairs)), mp_context=ctx)
     try:
         chunk = max(1, min(16, len(pairs) // (4 * max(workers, 1))))
-        for image in (pool.map(_evaluate_pair, pairs, chunksize=chunk) if pool else map(_evaluate_pair, pairs)):
+        for image in pool.map(_evaluate_pair, pairs, chunksize=chunk) if pool else map(_evaluate_pair, pairs):
             for k, v in image.items():
                 state[k] += v
             bar.update(1)

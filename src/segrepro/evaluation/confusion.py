@@ -30,8 +30,6 @@ def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) 
     return x.to(device) if device is not None and x.device != device else x
 
 
-
-
 def _key_dtype(n_bins: int) -> torch.dtype:
     # Narrow keys make the elementwise passes cheaper; bincount accepts any integer dtype.
     return torch.int16 if n_bins <= torch.iinfo(torch.int16).max else torch.int32 if n_bins < 2**31 else torch.int64
@@ -61,8 +59,9 @@ def bincount_confusion(gt: torch.Tensor, pred: torch.Tensor, num_gt: int, num_pr
     return _lane_bincount(key, num_gt * num_pred).view(num_gt, num_pred)
 
 
-def iou_from_confusion(tp: torch.Tensor | np.ndarray, fp: torch.Tensor | np.ndarray,
-                       fn: torch.Tensor | np.ndarray) -> np.ndarray:
+def iou_from_confusion(
+    tp: torch.Tensor | np.ndarray, fp: torch.Tensor | np.ndarray, fn: torch.Tensor | np.ndarray
+) -> np.ndarray:
     """IoU per class in float64; NaN where TP+FP+FN = 0 (the class never appears), as every evaluator does."""
     tp, fp, fn = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in (tp, fp, fn))
     denom = tp + fp + fn

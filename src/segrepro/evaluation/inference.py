@@ -35,13 +35,21 @@ from segrepro.models.outputs import main_logits
 MS_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def resolve_protocol(official: Mapping[str, Protocol], name: str = "official", split: str = "val", *,
-                     scales: Sequence[float] | None = None, flip: bool | None = None, crop: int | None = None,
-                     stride: int | None = None) -> Protocol:
+def resolve_protocol(
+    official: Mapping[str, Protocol],
+    name: str = "official",
+    split: str = "val",
+    *,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+) -> Protocol:
     """``official`` (the run's protocol for ``split``: its method card's, or its recipe's ``eval``) | ``ss``
     (whole image, one scale) | ``ms-flip`` (0.5–1.75 + flip, the official test window); explicit
     ``scales``/``flip``/``crop`` (0 = whole image)/``stride`` override. ``official`` maps split → protocol,
     "val" being the fallback."""
+
     def table(which: str) -> Protocol:
         return official.get(which, official["val"])
 
@@ -83,7 +91,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _forward(model: nn.Module, batch: Tensor, size: tuple[int, int]) -> Tensor:
@@ -96,8 +104,9 @@ def _forward(model: nn.Module, batch: Tensor, size: tuple[int, int]) -> Tensor:
     return logits
 
 
-def predict_logits(model: nn.Module, image: Tensor, crop: int | None, stride: int | None,
-                   flip: bool = False, tile_batch: int = 4) -> Tensor:
+def predict_logits(
+    model: nn.Module, image: Tensor, crop: int | None, stride: int | None, flip: bool = False, tile_batch: int = 4
+) -> Tensor:
     """Fused logits ``(V, C, H, W)`` of one normalised image ``(1 or 3, H, W)`` at its own size.
 
     ``V`` is 2 with ``flip`` (the second view already flipped back), else 1. Tiles of both views go through
@@ -114,14 +123,14 @@ def predict_logits(model: nn.Module, image: Tensor, crop: int | None, stride: in
         jobs = [(v, y, xx) for v in range(views.shape[0]) for y, xx in boxes]
         out, count = None, torch.zeros(1, 1, h, w, device=x.device)
         for y, xx in boxes:
-            count[..., y:y + crop, xx:xx + crop] += 1
+            count[..., y : y + crop, xx : xx + crop] += 1
         for chunk in _chunks(jobs, tile_batch):
-            tiles = torch.stack([views[v, :, y:y + crop, xx:xx + crop] for v, y, xx in chunk])
+            tiles = torch.stack([views[v, :, y : y + crop, xx : xx + crop] for v, y, xx in chunk])
             logits = _forward(model, tiles, (crop, crop))
             if out is None:
                 out = torch.zeros(views.shape[0], logits.shape[1], h, w, device=x.device)
             for (v, y, xx), tile in zip(chunk, logits, strict=True):
-                out[v, :, y:y + crop, xx:xx + crop] += tile
+                out[v, :, y : y + crop, xx : xx + crop] += tile
         out = out / count
     if flip:
         out[1:] = out[1:].flip(-1)

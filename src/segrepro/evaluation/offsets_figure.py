@@ -58,8 +58,9 @@ def colour_wheel(size: int = 129) -> np.ndarray:
     return np.concatenate([rgb, alpha[..., None]], axis=-1)
 
 
-def draw_offsets(rgb: np.ndarray, offsets: dict[str, dict[str, np.ndarray]], path: Path,
-                 gt_rgb: np.ndarray | None = None) -> Path:
+def draw_offsets(
+    rgb: np.ndarray, offsets: dict[str, dict[str, np.ndarray]], path: Path, gt_rgb: np.ndarray | None = None
+) -> Path:
     """Column 1: image (and GT); then one column per AlignFA module, Δ^A above Δ^F; a colour wheel legend."""
     import io
 
@@ -98,8 +99,14 @@ def draw_offsets(rgb: np.ndarray, offsets: dict[str, dict[str, np.ndarray]], pat
     return Path(path)
 
 
-def offsets_figure(model: nn.Module, transform: Any, rgb: np.ndarray, path: Path, device: torch.device,
-                   gt_rgb: np.ndarray | None = None) -> Path:
+def offsets_figure(
+    model: nn.Module,
+    transform: Any,
+    rgb: np.ndarray,
+    path: Path,
+    device: torch.device,
+    gt_rgb: np.ndarray | None = None,
+) -> Path:
     """The whole figure for one RGB image: normalise as the run did, record the offsets, draw."""
     x = transform({"image": rgb, "name": ""})["image"].to(device)
     return draw_offsets(rgb, compute_offsets(model.to(device), x), path, gt_rgb)

@@ -47,9 +47,16 @@ def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
-def iter_predictions(model: nn.Module, dataset: Dataset, protocol: Protocol, device: torch.device,
-                     skip: Callable[[int], bool] | None = None, workers: int = 0, tile_batch: int = 4,
-                     desc: str = "predict") -> Iterator[Prediction]:
+def iter_predictions(
+    model: nn.Module,
+    dataset: Dataset,
+    protocol: Protocol,
+    device: torch.device,
+    skip: Callable[[int], bool] | None = None,
+    workers: int = 0,
+    tile_batch: int = 4,
+    desc: str = "predict",
+) -> Iterator[Prediction]:
     """Predict every sample (``image`` normalised CHW) of ``dataset``; ``skip(i)`` leaves sample ``i`` out
     (resuming a submission). One image at a time: Cityscapes images differ in nothing but content, and
     the protocol batches the tiles."""
@@ -81,13 +88,14 @@ def save_prediction(classes: Tensor | np.ndarray, path: Path, kind: str = "label
     atomic_write_bytes(path, png_bytes(to_label_ids(arr) if kind == "labelIds" else arr.astype(np.uint8)))
 
 
-def overlay(image_rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5,
-            palette: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    image_rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None
+) -> np.ndarray:
     """Blend ``palette`` (default: Cityscapes by trainId) of ``train_ids`` over the RGB image; ids outside
     the palette stay black."""
     lut = np.zeros((256, 3), dtype=np.uint8)
     colours = cityscapes_labels.colors() if palette is None else np.asarray(palette, dtype=np.uint8)
-    lut[:len(colours)] = colours
+    lut[: len(colours)] = colours
     colour = lut[train_ids.astype(np.uint8)].astype(np.float32)
     return (image_rgb.astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
 
@@ -108,8 +116,9 @@ def _read_png(path: Path) -> np.ndarray:
         return np.array(im)
 
 
-def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir: Path, overlays: int,
-          palette: np.ndarray) -> None:
+def _save(
+    pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir: Path, overlays: int, palette: np.ndarray
+) -> None:
     city, name = str(pred.sample.get("city", "")), pred.name
     if save_pred is not None:
         save_prediction(pred.classes, Path(save_pred) / city / f"{name}_pred_{pred_kind}.png", pred_kind)
@@ -117,10 +126,20 @@ def _save(pred: Prediction, save_pred: Path | None, pred_kind: str, overlay_dir:
         save_overlay(Path(pred.sample["image_path"]), pred.classes, overlay_dir / f"{name}_overlay.png", palette)
 
 
-def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protocol: Protocol,
-                   device: torch.device, save_pred: Path | None = None, pred_kind: str = "labelIds",
-                   overlays: int = 4, overlay_dir: Path = Path("overlays"), workers: int = 0,
-                   tile_batch: int = 4) -> EvalReport:
+def run_evaluation(
+    cfg: Recipe,
+    model: nn.Module,
+    root: Path,
+    split: str,
+    protocol: Protocol,
+    device: torch.device,
+    save_pred: Path | None = None,
+    pred_kind: str = "labelIds",
+    overlays: int = 4,
+    overlay_dir: Path = Path("overlays"),
+    workers: int = 0,
+    tile_batch: int = 4,
+) -> EvalReport:
     """Metrics of ``model`` on a split of ``cfg``'s dataset, read through ``cfg``'s eval transform: the
     official Cityscapes evaluator (labelIds + instanceIds), both self-supervised protocols for a
     self-supervised recipe, a confusion matrix on the reader's labels otherwise."""
@@ -138,7 +157,9 @@ def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protoc
     dataset_name = cfg.dataset
     spec = get_spec(dataset_name)
     if dataset_name == "cityscapes" and split == "test":
-        raise UserError("Cityscapes test labels are withheld; evaluate val, or build an archive with `segrepro submit build`")
+        raise UserError(
+            "Cityscapes test labels are withheld; evaluate val, or build an archive with `segrepro submit build`"
+        )
     dataset = get_dataset(dataset_name, root, split, transform=build_eval_transforms(cfg.norm(), *cfg.eval_sizes()))
     names = list(spec.class_names)
     palette = class_palette(dataset_name)
@@ -164,8 +185,9 @@ def run_evaluation(cfg: Recipe, model: nn.Module, root: Path, split: str, protoc
 
 
 @torch.no_grad()
-def _run_ssl(model: nn.Module, dataset: Dataset, dataset_name: str, names: list[str], device: torch.device,
-             workers: int) -> EvalReport:
+def _run_ssl(
+    model: nn.Module, dataset: Dataset, dataset_name: str, names: list[str], device: torch.device, workers: int
+) -> EvalReport:
     """AlignSeg-SSL (reference alignseg_ssl.md §5): patch-level argmax, nearest up to the 100² label."""
     from segrepro.evaluation.confusion import CONVENTIONS, LabelConvention
     from segrepro.evaluation.report import ssl_report

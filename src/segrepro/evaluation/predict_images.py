@@ -85,8 +85,9 @@ def parse_formats(value: str | None, label_ids: bool) -> tuple[str, ...]:
     if unknown or not formats:
         raise UserError(f"--format {value!r}: choose from {','.join(FORMATS)}", exit_code=2)
     if "labelIds" in formats and not label_ids:
-        raise UserError("--format labelIds: labelIds exist for Cityscapes only; use trainIds (class indices)",
-                        exit_code=2)
+        raise UserError(
+            "--format labelIds: labelIds exist for Cityscapes only; use trainIds (class indices)", exit_code=2
+        )
     return formats
 
 

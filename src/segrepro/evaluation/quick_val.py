@@ -17,8 +17,14 @@ from segrepro.models.outputs import main_logits
 
 
 @torch.no_grad()
-def quick_validate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
-                   ignore_index: int = 255, workers: int = 0) -> SegScores:
+def quick_validate(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    device: torch.device,
+    ignore_index: int = 255,
+    workers: int = 0,
+) -> SegScores:
     """mIoU of ``argmax(main)`` over ``dataset`` (samples with tensor ``image`` and trainId ``label``)."""
     model.eval()
     cm = ConfusionMatrix(LabelConvention("train_ids", num_classes, ignore_index), device=device)

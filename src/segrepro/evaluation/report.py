@@ -37,8 +37,12 @@ class EvalReport:
 def cityscapes_report(result: CityscapesResult) -> EvalReport:
     """Official fields as metrics.json; 19×19 confusion over the evaluated labelIds in trainId order."""
     avg = result.average_scores
-    metrics = {"mIoU": avg["averageScoreClasses"], "iIoU": avg["averageScoreInstClasses"],
-               "category_IoU": avg["averageScoreCategories"], "category_iIoU": avg["averageScoreInstCategories"]}
+    metrics = {
+        "mIoU": avg["averageScoreClasses"],
+        "iIoU": avg["averageScoreInstClasses"],
+        "category_IoU": avg["averageScoreCategories"],
+        "category_iIoU": avg["averageScoreInstCategories"],
+    }
     labels = cityscapes_labels.train_classes()
     names = [lab.name for lab in labels]
     rows = [{"class": n, "IoU": result.class_scores[n], "iIoU": result.class_inst_scores[n]} for n in names]
@@ -49,10 +53,15 @@ def cityscapes_report(result: CityscapesResult) -> EvalReport:
 
 def scores_report(scores: SegScores, matrix: np.ndarray, class_names: list[str]) -> EvalReport:
     """mIoU / pixel accuracy of a :class:`ConfusionMatrix` (the last, out-of-range column is dropped)."""
-    rows = [{"class": n, "IoU": float(i), "accuracy": float(a)}
-            for n, i, a in zip(class_names, scores.iou, scores.class_accuracy, strict=True)]
-    metrics = {"mIoU": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
-               "mean_class_accuracy": scores.mean_class_accuracy}
+    rows = [
+        {"class": n, "IoU": float(i), "accuracy": float(a)}
+        for n, i, a in zip(class_names, scores.iou, scores.class_accuracy, strict=True)
+    ]
+    metrics = {
+        "mIoU": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "mean_class_accuracy": scores.mean_class_accuracy,
+    }
     n = len(class_names)
     return EvalReport(metrics, rows, scores.as_dict(class_names), np.asarray(matrix)[:n, :n], class_names)
 
@@ -60,13 +69,16 @@ def scores_report(scores: SegScores, matrix: np.ndarray, class_names: list[str])
 def ssl_report(per_image: dict[str, Any], hungarian: dict[str, Any], class_names: list[str]) -> EvalReport:
     """Both self-supervised protocols, named apart: the official per-image majority vote and the standard
     dataset-level Hungarian matching."""
-    metrics = {"official_per_image_majority_mIoU": per_image["mIoU"],
-               "official_per_image_majority_mIoU_exclude_first": per_image["mIoU_exclude_first"],
-               "dataset_hungarian_mIoU": hungarian["mIoU"],
-               "dataset_hungarian_pixel_accuracy": hungarian["pixel_accuracy"]}
+    metrics = {
+        "official_per_image_majority_mIoU": per_image["mIoU"],
+        "official_per_image_majority_mIoU_exclude_first": per_image["mIoU_exclude_first"],
+        "dataset_hungarian_mIoU": hungarian["mIoU"],
+        "dataset_hungarian_pixel_accuracy": hungarian["pixel_accuracy"],
+    }
     rows = [{"class": n, "IoU": float(i)} for n, i in zip(class_names, hungarian["iou"], strict=True)]
-    return EvalReport(metrics, rows, {"official_per_image_majority": per_image, "dataset_hungarian": hungarian},
-                      None, class_names)
+    return EvalReport(
+        metrics, rows, {"official_per_image_majority": per_image, "dataset_hungarian": hungarian}, None, class_names
+    )
 
 
 def _png(fig: Any) -> bytes:
@@ -116,8 +128,7 @@ def plot_per_class(rows: list[dict[str, Any]], path: Path, key: str = "IoU") -> 
 def write_report(report: EvalReport, out_dir: Path) -> dict[str, Path]:
     """metrics.json, per_class.csv and the two plots in ``out_dir`` (each written atomically)."""
     out_dir = Path(out_dir)
-    files = {"json": out_dir / "metrics.json", "csv": out_dir / "per_class.csv",
-             "bar": out_dir / "per_class_iou.png"}
+    files = {"json": out_dir / "metrics.json", "csv": out_dir / "per_class.csv", "bar": out_dir / "per_class_iou.png"}
     atomic_write_text(files["json"], json.dumps(report.json_dict, indent=2, sort_keys=True) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(report.rows[0]), lineterminator="\n")

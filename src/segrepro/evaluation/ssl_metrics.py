@@ -95,8 +95,9 @@ class DatasetHungarianMIoU:
     GT class); cluster ids outside ``0..num_clusters-1`` are dropped, as STEGO masks them.
     """
 
-    def __init__(self, convention: LabelConvention | str, num_clusters: int | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, convention: LabelConvention | str, num_clusters: int | None = None, device: torch.device | str = "cpu"
+    ) -> None:
         self.convention = CONVENTIONS[convention] if isinstance(convention, str) else convention
         self.num_clusters = num_clusters or self.convention.num_classes
         c = self.convention.num_classes

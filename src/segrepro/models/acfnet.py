@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from segrepro.data.transforms import ScaleChoices, TrainAugment
-from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.acfnet_blocks import ASPP, ACFHead, FCNHead, abn, conv_abn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
@@ -64,17 +64,26 @@ class ACFNet(ResNet):
         fine_channels: int = 1024,
     ) -> None:
         super().__init__(
-            layers, stem="split", dilation="full", norm=partial(InPlaceABN, activation="identity"),
-            eca_kernel=3, widths=widths, stem_widths=stem_widths,
+            layers,
+            stem="split",
+            dilation="full",
+            norm=partial(InPlaceABN, activation="identity"),
+            eca_kernel=3,
+            widths=widths,
+            stem_widths=stem_widths,
         )
         c3, c4 = self.out_channels[2], self.out_channels[3]
         self.aspp = ASPP(c4, aspp_channels or c4 // 4, aspp_rates)
         feat = self.aspp.out_channels
         self.auxlayer = FCNHead(c3, num_classes)
         self.dsn = nn.Sequential(
-            *conv_abn_relu(feat, coarse_channels), nn.Dropout2d(0.5),
-            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1), abn(coarse_channels), nn.ReLU(inplace=True),
-            nn.Dropout2d(0.1), nn.Conv2d(coarse_channels, num_classes, 1),
+            *conv_abn_relu(feat, coarse_channels),
+            nn.Dropout2d(0.5),
+            nn.Conv2d(coarse_channels, coarse_channels, 3, padding=1),
+            abn(coarse_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(coarse_channels, num_classes, 1),
         )
         self.acfhead = ACFHead(feat, acf_channels)
         self.bottleneck = nn.Sequential(
@@ -95,24 +104,45 @@ class ACFNet(ResNet):
         return SegOutput(fine + coarse, STRIDE, outs, {k: STRIDE for k in outs})
 
 
-@register("acfnet", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
-          description="ECA-ResNet-101 (deep stem, OS 8) + ASPP + ACF, official")
+@register(
+    "acfnet",
+    "r101",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    description="ECA-ResNet-101 (deep stem, OS 8) + ASPP + ACF, official",
+)
 def build_acfnet_r101(num_classes: int) -> ACFNet:
     return ACFNet(num_classes)
 
 
-@register("acfnet", "tiny", pretrained_source=PRETRAINED_SOURCE,
-          description="ACFNet head on a 1-1-1-1 narrow ECA-ResNet, for CPU tests and demos")
+@register(
+    "acfnet",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    description="ACFNet head on a 1-1-1-1 narrow ECA-ResNet, for CPU tests and demos",
+)
 def build_acfnet_tiny(num_classes: int) -> ACFNet:
     return ACFNet(
-        num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
-        aspp_channels=16, coarse_channels=32, acf_channels=32, fine_channels=32,
+        num_classes,
+        layers=(1, 1, 1, 1),
+        widths=(8, 16, 32, 64),
+        stem_widths=(8, 8, 16),
+        aspp_channels=16,
+        coarse_channels=32,
+        acf_channels=32,
+        fine_channels=32,
     )
 
 
 # Stated identical to AlignSeg's data pipeline (acfnet.md §6) but for the 769² crop; val sliding 769 (stride 513).
-register_card(MethodCard(
-    "acfnet", "supervised", "caffe_bgr", TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
-    {"val": Protocol("official", crop=769)}, outputs=("main", "fine", "coarse", "fcn"),
-    head_prefixes=("aspp", "auxlayer", "dsn", "acfhead", "bottleneck"),
-))
+register_card(
+    MethodCard(
+        "acfnet",
+        "supervised",
+        "caffe_bgr",
+        TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
+        {"val": Protocol("official", crop=769)},
+        outputs=("main", "fine", "coarse", "fcn"),
+        head_prefixes=("aspp", "auxlayer", "dsn", "acfhead", "bottleneck"),
+    )
+)

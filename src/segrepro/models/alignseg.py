@@ -13,9 +13,9 @@ from functools import partial
 from torch import Tensor, nn
 
 from segrepro.data.transforms import ScaleChoices, TrainAugment
-from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.alignseg_blocks import CAB, CAM, RRB
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.norm import InPlaceABN
 from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
@@ -78,8 +78,12 @@ class AlignSeg(ResNet):
         legacy_offset_order: bool = False,
     ) -> None:
         super().__init__(
-            layers, stem="split", dilation="none", norm=partial(InPlaceABN, activation="identity"),
-            widths=widths, stem_widths=stem_widths,
+            layers,
+            stem="split",
+            dilation="none",
+            norm=partial(InPlaceABN, activation="identity"),
+            widths=widths,
+            stem_widths=stem_widths,
         )
         c1, c2, c3, c4 = self.out_channels
         self.legacy_offset_order = legacy_offset_order
@@ -109,7 +113,10 @@ class AlignSeg(ResNet):
         if not wants(outputs, "dsn"):
             return SegOutput(main=main, stride=OUTPUT_STRIDE)
         return SegOutput(
-            main=main, stride=OUTPUT_STRIDE, aux={"dsn": self.dsn(d3)}, aux_strides={"dsn": OUTPUT_STRIDE},
+            main=main,
+            stride=OUTPUT_STRIDE,
+            aux={"dsn": self.dsn(d3)},
+            aux_strides={"dsn": OUTPUT_STRIDE},
         )
 
 
@@ -131,8 +138,10 @@ def record_offsets(model: AlignSeg) -> Iterator[dict[str, dict[str, Tensor]]]:
     for name in ALIGNFA_MODULES:
         cab = getattr(model, name)
         for key, gen in (("A", cab.delta_gen1), ("F", cab.delta_gen2)):
+
             def store(_module: nn.Module, _inputs: object, output: Tensor, name: str = name, key: str = key) -> None:
                 record[name][key] = output.detach()
+
             handles.append(gen.register_forward_hook(store))
     try:
         yield record
@@ -141,27 +150,48 @@ def record_offsets(model: AlignSeg) -> Iterator[dict[str, dict[str, Tensor]]]:
             handle.remove()
 
 
-@register("alignseg", "r101", pretrained_source=PRETRAINED_SOURCE, default=True, num_classes=19,
-          description="official: ResNet-101 deep stem, output stride 32, RRB/CAB/CAM decoder at stride 4")
+@register(
+    "alignseg",
+    "r101",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    num_classes=19,
+    description="official: ResNet-101 deep stem, output stride 32, RRB/CAB/CAM decoder at stride 4",
+)
 def build_alignseg_r101(num_classes: int = 19, legacy_offset_order: bool = False) -> AlignSeg:
     """The official ``Seg_Model(num_classes)``."""
     return AlignSeg(num_classes, DEPTHS[101], legacy_offset_order=legacy_offset_order)
 
 
-@register("alignseg", "tiny", pretrained_source=PRETRAINED_SOURCE, num_classes=19,
-          description="same head, 1-block stages of width 8..64, 32 head channels")
+@register(
+    "alignseg",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    num_classes=19,
+    description="same head, 1-block stages of width 8..64, 32 head channels",
+)
 def build_alignseg_tiny(num_classes: int = 19, legacy_offset_order: bool = False) -> AlignSeg:
     """A small model with the official head structure, for fast tests and smoke runs."""
     return AlignSeg(
-        num_classes, (1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16), channels=32,
+        num_classes,
+        (1, 1, 1, 1),
+        widths=(8, 16, 32, 64),
+        stem_widths=(8, 8, 16),
+        channels=32,
         legacy_offset_order=legacy_offset_order,
     )
 
 
 # reference README "crop / scale aug" and "eval protocol": 872² crops, scales 0.7 + randint(0, 14)/10, flip;
 # BGR Caffe means; val sliding 872 with 1/3 overlap (stride 582).
-register_card(MethodCard(
-    "alignseg", "supervised", "caffe_bgr", TrainAugment((872, 872), ScaleChoices(0.7, 2.1, 0.1)),
-    {"val": Protocol("official", crop=872)}, outputs=("main", "dsn"),
-    head_prefixes=("CAM", "RRB", "CAB", "dsn", "head"),
-))
+register_card(
+    MethodCard(
+        "alignseg",
+        "supervised",
+        "caffe_bgr",
+        TrainAugment((872, 872), ScaleChoices(0.7, 2.1, 0.1)),
+        {"val": Protocol("official", crop=872)},
+        outputs=("main", "dsn"),
+        head_prefixes=("CAM", "RRB", "CAB", "dsn", "head"),
+    )
+)

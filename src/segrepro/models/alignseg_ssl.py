@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrepro.data.transforms import TrainAugment
-from segrepro.models.card import MethodCard, Protocol
 from segrepro.errors import UserError
 from segrepro.models.alignseg_ssl_blocks import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, foreground_masks
 from segrepro.models.backbones.vit import VisionTransformer, vit_small, vit_tiny
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.outputs import Outputs, SegOutput
 from segrepro.models.registry import register, register_card
 
@@ -54,8 +54,9 @@ class AlignSegSSL(nn.Module):
     L2-normalised patch token and each aligned query, stride = patch size; labels = softmax over Q then
     argmax (see :func:`patch_labels`). ``extras``: ``tokens`` (B,h·w,C), ``queries`` (B,Q,C).
     ``forward([global, local_1, ..., local_K])`` (training; the local crops share one size, all 224 in the
-    official configs): as above for the global crop, plus ``local_tokens`` (K,B,M,C), ``local_queries`` (K,B,Q,C) and the DINO-attention
-    foreground masks ``fg`` (B,h·w) and ``local_fg`` (K,B,M) that :mod:`segrepro.engine.ssl_loss` uses.
+    official configs): as above for the global crop, plus ``local_tokens`` (K,B,M,C), ``local_queries`` (K,B,Q,C)
+    and the DINO-attention foreground masks ``fg`` (B,h·w) and ``local_fg`` (K,B,M) that
+    :mod:`segrepro.engine.ssl_loss` uses.
     The backbone never receives gradient (run under ``no_grad``, parameters frozen). Official bugs fixed
     instead of copied: the crop pairing and the foreground-hint crash (module docstring).
     """
@@ -154,34 +155,71 @@ def full_labels(scores: Tensor, size: tuple[int, int]) -> Tensor:
     return probs.argmax(dim=1)
 
 
-@register("alignseg_ssl", "voc", pretrained_source=PRETRAINED_SOURCE, default=True, num_classes=5,
-          description="configs/eval_voc_config.yml: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 384 (VOC release)")
+@register(
+    "alignseg_ssl",
+    "voc",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    num_classes=5,
+    description="configs/eval_voc_config.yml: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 384 (VOC release)",
+)
 def build_alignseg_ssl_voc(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
-    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=384, num_decode_layers=1, pairing=pairing)
+    return AlignSegSSL(
+        vit_small(16), num_classes, decoder_heads=3, hidden_dim=384, num_decode_layers=1, pairing=pairing
+    )
 
 
-@register("alignseg_ssl", "coco27", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
-          description="configs/eval_coco27_config.yml: DINO ViT-S/16, 5 queries, 3 decoder layers (last one used), FFN 768")
+@register(
+    "alignseg_ssl",
+    "coco27",
+    pretrained_source=PRETRAINED_SOURCE,
+    num_classes=5,
+    description="configs/eval_coco27_config.yml: DINO ViT-S/16, 5 queries, 3 decoder layers (last one used), FFN 768",
+)
 def build_alignseg_ssl_coco27(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
-    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=3, pairing=pairing)
+    return AlignSegSSL(
+        vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=3, pairing=pairing
+    )
 
 
-@register("alignseg_ssl", "train_voc", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
-          description="configs/train_{voc,coco}_config.yml layout: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 768")
+@register(
+    "alignseg_ssl",
+    "train_voc",
+    pretrained_source=PRETRAINED_SOURCE,
+    num_classes=5,
+    description="configs/train_{voc,coco}_config.yml layout: DINO ViT-S/16, 5 queries, 1 decoder layer, FFN 768",
+)
 def build_alignseg_ssl_train_voc(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
-    return AlignSegSSL(vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=1, pairing=pairing)
+    return AlignSegSSL(
+        vit_small(16), num_classes, decoder_heads=3, hidden_dim=768, num_decode_layers=1, pairing=pairing
+    )
 
 
-@register("alignseg_ssl", "tiny", pretrained_source=PRETRAINED_SOURCE, num_classes=5,
-          description="2-block 48-wide ViT with patch 8 (random, frozen), 5 queries, FFN 64: CPU demo/tests")
+@register(
+    "alignseg_ssl",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    num_classes=5,
+    description="2-block 48-wide ViT with patch 8 (random, frozen), 5 queries, FFN 64: CPU demo/tests",
+)
 def build_alignseg_ssl_tiny(num_classes: int = 5, pairing: str = "fixed") -> AlignSegSSL:
-    return AlignSegSSL(vit_tiny(8, 64), num_classes, decoder_heads=3, hidden_dim=64, num_decode_layers=1, pairing=pairing)
+    return AlignSegSSL(
+        vit_tiny(8, 64), num_classes, decoder_heads=3, hidden_dim=64, num_decode_layers=1, pairing=pairing
+    )
 
 
 # Multi-crop 224² training views (no flip, no scale table), RGB ImageNet norm; eval: the whole image resized
 # to 448², its GT to 100², no TTA (alignseg_ssl.md §5).
-register_card(MethodCard(
-    "alignseg_ssl", "self_supervised", "imagenet_rgb", TrainAugment((224, 224), None, flip=False),
-    {"val": Protocol("official")}, outputs=("main",), head_prefixes=("clsQueries", "decoder_"),
-    eval_size=(448, 448), eval_label_size=(100, 100),
-))
+register_card(
+    MethodCard(
+        "alignseg_ssl",
+        "self_supervised",
+        "imagenet_rgb",
+        TrainAugment((224, 224), None, flip=False),
+        {"val": Protocol("official")},
+        outputs=("main",),
+        head_prefixes=("clsQueries", "decoder_"),
+        eval_size=(448, 448),
+        eval_label_size=(100, 100),
+    )
+)

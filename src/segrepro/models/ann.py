@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrepro.data.transforms import ScaleRange, TrainAugment
-from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.ann_blocks import AFNB, APNB, PSP_SIZES, bn_relu
 from segrepro.models.backbones.resnet import DEPTHS, ResNet
+from segrepro.models.card import MethodCard, Protocol
 from segrepro.models.outputs import Outputs, SegOutput, wants
 from segrepro.models.registry import register, register_card
 
@@ -64,7 +64,9 @@ class ANN(nn.Module):
         )
         self.cls = nn.Conv2d(context_channels, num_classes, 1)
         self.dsn = nn.Sequential(
-            nn.Conv2d(c3, dsn_channels, 3, padding=1), bn_relu(dsn_channels), nn.Dropout2d(0.05),
+            nn.Conv2d(c3, dsn_channels, 3, padding=1),
+            bn_relu(dsn_channels),
+            nn.Dropout2d(0.05),
             nn.Conv2d(dsn_channels, num_classes, 1),
         )
 
@@ -81,25 +83,46 @@ class ANN(nn.Module):
         return SegOutput(main, 1, {"dsn": aux}, {"dsn": 1})
 
 
-@register("ann", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
-          description="ResNet-101 (deep stem, OS 8, PSP dilation) + AFNB + APNB, official")
+@register(
+    "ann",
+    "r101",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    description="ResNet-101 (deep stem, OS 8, PSP dilation) + AFNB + APNB, official",
+)
 def build_ann_r101(num_classes: int) -> ANN:
     return ANN(num_classes)
 
 
-@register("ann", "tiny", pretrained_source=PRETRAINED_SOURCE,
-          description="ANN head on a 1-1-1-1 narrow ResNet, for CPU tests and demos")
+@register(
+    "ann",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    description="ANN head on a 1-1-1-1 narrow ResNet, for CPU tests and demos",
+)
 def build_ann_tiny(num_classes: int) -> ANN:
     return ANN(
-        num_classes, layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_widths=(8, 8, 16),
-        key_channels=16, value_channels=16, context_channels=32, dsn_channels=32,
+        num_classes,
+        layers=(1, 1, 1, 1),
+        widths=(8, 16, 32, 64),
+        stem_widths=(8, 8, 16),
+        key_channels=16,
+        value_channels=16,
+        context_channels=32,
+        dsn_channels=32,
     )
 
 
 # torchcv: BGR means, std 1; resize s ~ U(0.5, 2), aspect ~ U(0.9, 1.1), 769² crop, brightness ±10, flip;
 # val whole image, test sliding 864 (stride 576) at scales 0.75/1/1.25 with flip: the only split-specific protocol.
-register_card(MethodCard(
-    "ann", "supervised", "ann_bgr", TrainAugment((769, 769), ScaleRange((0.5, 2.0), (0.9, 1.1)), brightness=10),
-    {"val": Protocol("official"), "test": Protocol("official", (0.75, 1.0, 1.25), True, 864, int(864 * 0.667))},
-    outputs=("main", "dsn"), head_prefixes=("fusion", "context", "cls", "dsn"),
-))
+register_card(
+    MethodCard(
+        "ann",
+        "supervised",
+        "ann_bgr",
+        TrainAugment((769, 769), ScaleRange((0.5, 2.0), (0.9, 1.1)), brightness=10),
+        {"val": Protocol("official"), "test": Protocol("official", (0.75, 1.0, 1.25), True, 864, int(864 * 0.667))},
+        outputs=("main", "dsn"),
+        head_prefixes=("fusion", "context", "cls", "dsn"),
+    )
+)

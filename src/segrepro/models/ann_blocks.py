@@ -80,14 +80,22 @@ class AFNB(nn.Module):
     """Asymmetric fusion: layer4 queries attend to layer3 anchors; conv-BN (no ReLU)-dropout on the concat."""
 
     def __init__(
-        self, low_channels: int, high_channels: int, key_channels: int, value_channels: int,
-        dropout: float = 0.05, psp_sizes: Sequence[int] = PSP_SIZES,
+        self,
+        low_channels: int,
+        high_channels: int,
+        key_channels: int,
+        value_channels: int,
+        dropout: float = 0.05,
+        psp_sizes: Sequence[int] = PSP_SIZES,
     ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([
-            AsymmetricAttention(low_channels, high_channels, key_channels, value_channels, high_channels,
-                                psp_sizes=psp_sizes)
-        ])
+        self.stages = nn.ModuleList(
+            [
+                AsymmetricAttention(
+                    low_channels, high_channels, key_channels, value_channels, high_channels, psp_sizes=psp_sizes
+                )
+            ]
+        )
         self.conv_bn_dropout = nn.Sequential(
             nn.Conv2d(2 * high_channels, high_channels, 1), nn.BatchNorm2d(high_channels), nn.Dropout2d(dropout)
         )
@@ -101,14 +109,27 @@ class APNB(nn.Module):
     """Asymmetric pyramid non-local block: self-attention of a map to its own pyramid anchors."""
 
     def __init__(
-        self, channels: int, key_channels: int, value_channels: int,
-        dropout: float = 0.05, psp_sizes: Sequence[int] = PSP_SIZES,
+        self,
+        channels: int,
+        key_channels: int,
+        value_channels: int,
+        dropout: float = 0.05,
+        psp_sizes: Sequence[int] = PSP_SIZES,
     ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([
-            AsymmetricAttention(channels, channels, key_channels, value_channels, channels,
-                                share_query_key=True, psp_sizes=psp_sizes)
-        ])
+        self.stages = nn.ModuleList(
+            [
+                AsymmetricAttention(
+                    channels,
+                    channels,
+                    key_channels,
+                    value_channels,
+                    channels,
+                    share_query_key=True,
+                    psp_sizes=psp_sizes,
+                )
+            ]
+        )
         self.conv_bn_dropout = nn.Sequential(
             nn.Conv2d(2 * channels, channels, 1), bn_relu(channels), nn.Dropout2d(dropout)
         )

@@ -216,10 +216,20 @@ def machine() -> str:
 
 
 COLUMNS = (
-    ("method", "method"), ("variant", "variant"), ("params_m", "params (M)"), ("gflops", "GFLOPs"),
-    ("flop_input", "FLOP input"), ("cpu_ms", "CPU ms"), ("cpu_gmac", "CPU GMAC"), ("cpu_ms_per_gmac", "CPU ms/GMAC"),
-    ("cpu_peak_mb", "CPU peak MB"), ("cpu_input", "CPU input"), ("cuda_fp32_img_s", "fp32 img/s"),
-    ("cuda_bf16_img_s", "bf16 img/s"), ("cuda_bf16_ms_per_gmac", "bf16 ms/GMAC"), ("cuda_peak_gb", "CUDA peak GB"),
+    ("method", "method"),
+    ("variant", "variant"),
+    ("params_m", "params (M)"),
+    ("gflops", "GFLOPs"),
+    ("flop_input", "FLOP input"),
+    ("cpu_ms", "CPU ms"),
+    ("cpu_gmac", "CPU GMAC"),
+    ("cpu_ms_per_gmac", "CPU ms/GMAC"),
+    ("cpu_peak_mb", "CPU peak MB"),
+    ("cpu_input", "CPU input"),
+    ("cuda_fp32_img_s", "fp32 img/s"),
+    ("cuda_bf16_img_s", "bf16 img/s"),
+    ("cuda_bf16_ms_per_gmac", "bf16 ms/GMAC"),
+    ("cuda_peak_gb", "CUDA peak GB"),
     ("cuda_input", "CUDA input"),
 )
 
@@ -254,8 +264,11 @@ def bench_peer(peer: str, python: Path | None, repeats: int, threads: int) -> di
     if peer not in PEERS:
         raise UserError(f"unknown peer {peer!r}; choose one of: {', '.join(PEERS)}", exit_code=2)
     if python is None or not os.access(python, os.X_OK):
-        raise UserError(f"--peer {peer} needs --peer-python, the python of a venv with the peer installed "
-                        f"(scripts/{PEERS[peer]} says how to make one); got {python}", exit_code=2)
+        raise UserError(
+            f"--peer {peer} needs --peer-python, the python of a venv with the peer installed "
+            f"(scripts/{PEERS[peer]} says how to make one); got {python}",
+            exit_code=2,
+        )
     src = Path(__file__).resolve().parents[2]
     script = src.parent / "scripts" / PEERS[peer]
     if not script.is_file():
@@ -271,19 +284,28 @@ def bench_peer(peer: str, python: Path | None, repeats: int, threads: int) -> di
 
 def format_peer(report: dict, markdown: bool = False) -> str:
     """The side-by-side rows (median and fastest seconds, GMAC, ms/GMAC) and segrepro's ratios to the peer."""
-    rows = [(r["label"], r["s"], r["s_min"], r["gmac"], r["s_per_gmac"] * 1e3, r["s_per_gmac_min"] * 1e3)
-            for r in report["rows"].values()]
+    rows = [
+        (r["label"], r["s"], r["s_min"], r["gmac"], r["s_per_gmac"] * 1e3, r["s_per_gmac_min"] * 1e3)
+        for r in report["rows"].values()
+    ]
     cells = [["model", "eval forward s", "fastest s", "GMAC", "ms/GMAC", "fastest ms/GMAC"]]
     cells += [[label] + [_cell(v) for v in vals] for label, *vals in rows]
-    cells.append(["segrepro / peer"] + [f"{report[k]:.3f}" if k else "" for k in
-                                        ("ratio_s", "ratio_s_min", "", "ratio_s_per_gmac", "ratio_s_per_gmac_min")])
-    head = (f"{report['machine']} ({report['cpu_capability']}), torch {report['torch']}, {report['threads']} threads, "
-            f"input {report['input']}, median of {report['repeats']}, load {report['load_average_1min']:.1f}, "
-            f"{report['date']}")
+    cells.append(
+        ["segrepro / peer"]
+        + [
+            f"{report[k]:.3f}" if k else ""
+            for k in ("ratio_s", "ratio_s_min", "", "ratio_s_per_gmac", "ratio_s_per_gmac_min")
+        ]
+    )
+    head = (
+        f"{report['machine']} ({report['cpu_capability']}), torch {report['torch']}, {report['threads']} threads, "
+        f"input {report['input']}, median of {report['repeats']}, load {report['load_average_1min']:.1f}, "
+        f"{report['date']}"
+    )
     if markdown:
         lines = ["| " + " | ".join(c) + " |" for c in cells]
         lines.insert(1, "|" + "|".join("---" for _ in cells[0]) + "|")
     else:
         widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([head, *lines])

@@ -65,8 +65,9 @@ def build_block(name: str, ch: Channels, part: str = "full") -> nn.Module:
     if name in ("apnb", "nonlocal"):
         block: APNB | AFNB = APNB(ch.channels, ch.key, ch.value)
         if name == "nonlocal":
-            block.stages[0] = NonLocalAttention(ch.channels, ch.channels, ch.key, ch.value, ch.channels,
-                                                share_query_key=True)
+            block.stages[0] = NonLocalAttention(
+                ch.channels, ch.channels, ch.key, ch.value, ch.channels, share_query_key=True
+            )
     elif name in ("afnb", "nonlocal_fusion"):
         block = AFNB(ch.low_channels, ch.channels, ch.key, ch.value)
         if name == "nonlocal_fusion":
@@ -76,8 +77,9 @@ def build_block(name: str, ch: Channels, part: str = "full") -> nn.Module:
     return (block.stages[0] if part == "attention" else block).eval()
 
 
-def _inputs(name: str, ch: Channels, size: tuple[int, int], device: str | torch.device,
-            part: str = "full") -> tuple[Tensor, ...]:
+def _inputs(
+    name: str, ch: Channels, size: tuple[int, int], device: str | torch.device, part: str = "full"
+) -> tuple[Tensor, ...]:
     """The block's arguments: APNB ``(x,)`` (its attention: ``(x, x)``), AFNB ``(low, high)``."""
     high = torch.randn(1, ch.channels, *size, device=device)
     if name in ("apnb", "nonlocal"):
@@ -118,8 +120,9 @@ def _time(block: nn.Module, xs: Sequence[Tensor], repeats: int, sync: Any = None
     return statistics.median(times[1:] or times) * 1e3
 
 
-def _cpu_rows(jobs: list[tuple[str, tuple[int, int]]], ch: Channels, repeats: int, threads: int,
-              part: str) -> list[tuple[float, float]]:
+def _cpu_rows(
+    jobs: list[tuple[str, tuple[int, int]]], ch: Channels, repeats: int, threads: int, part: str
+) -> list[tuple[float, float]]:
     """(median ms, peak MB) per job; runs in a spawned process."""
     torch.set_num_threads(threads)
     if jobs:  # one untimed pass so first-use allocations (thread pools, kernels) count in no row
@@ -149,9 +152,15 @@ def _cuda_row(name: str, ch: Channels, size: tuple[int, int], repeats: int, part
     return ms, (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def bench_blocks(blocks: Sequence[str] = BLOCKS, sizes: Sequence[tuple[int, int]] = SIZES,
-                 device: str = "cpu", ch: Channels = Channels(), repeats: int = 3,
-                 threads: int | None = None, part: str = "attention") -> list[BlockRow]:
+def bench_blocks(
+    blocks: Sequence[str] = BLOCKS,
+    sizes: Sequence[tuple[int, int]] = SIZES,
+    device: str = "cpu",
+    ch: Channels = Channels(),
+    repeats: int = 3,
+    threads: int | None = None,
+    part: str = "attention",
+) -> list[BlockRow]:
     """One row per (block, size) on ``device``: GFLOPs, median ms, peak MB."""
     if part not in ("attention", "full"):
         raise UserError(f"--part {part!r}: choose attention or full", exit_code=2)
@@ -169,8 +178,10 @@ def bench_blocks(blocks: Sequence[str] = BLOCKS, sizes: Sequence[tuple[int, int]
             measured = pool.submit(_cpu_rows, jobs, ch, repeats, threads or torch.get_num_threads(), part).result()
     else:
         measured = [_cuda_row(name, ch, size, repeats, part) for name, size in jobs]
-    return [BlockRow(name, part, f"{size[0]}x{size[1]}", device, count_block_flops(name, ch, size, part) / 1e9, ms, mb)
-            for (name, size), (ms, mb) in zip(jobs, measured, strict=True)]
+    return [
+        BlockRow(name, part, f"{size[0]}x{size[1]}", device, count_block_flops(name, ch, size, part) / 1e9, ms, mb)
+        for (name, size), (ms, mb) in zip(jobs, measured, strict=True)
+    ]
 
 
 def ratios(rows: Sequence[BlockRow]) -> list[dict[str, Any]]:
@@ -185,16 +196,31 @@ def ratios(rows: Sequence[BlockRow]) -> list[dict[str, Any]]:
         def div(a: float | None, b: float | None) -> float | None:
             return a / b if a is not None and b else None
 
-        out.append({"baseline": r.block, "block": ours.block, "part": r.part, "size": r.size, "device": r.device,
-                    "time_x": div(r.ms, ours.ms), "memory_x": div(r.peak_mb, ours.peak_mb),
-                    "flops_x": div(r.gflops, ours.gflops)})
+        out.append(
+            {
+                "baseline": r.block,
+                "block": ours.block,
+                "part": r.part,
+                "size": r.size,
+                "device": r.device,
+                "time_x": div(r.ms, ours.ms),
+                "memory_x": div(r.peak_mb, ours.peak_mb),
+                "flops_x": div(r.gflops, ours.gflops),
+            }
+        )
     return out
 
 
 def report(rows: Sequence[BlockRow], ch: Channels) -> dict[str, Any]:
     """The JSON record: machine, threads and load beside the rows and ratios."""
-    return {"machine": machine(), "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
-            "channels": asdict(ch), "rows": [asdict(r) for r in rows], "ratios": ratios(rows)}
+    return {
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+        "channels": asdict(ch),
+        "rows": [asdict(r) for r in rows],
+        "ratios": ratios(rows),
+    }
 
 
 def to_json(rows: Sequence[BlockRow], ch: Channels) -> str:
@@ -203,14 +229,23 @@ def to_json(rows: Sequence[BlockRow], ch: Channels) -> str:
 
 def markdown(rows: Sequence[BlockRow]) -> str:
     """Rows then ratios as Markdown tables (for docs/benchmarks.md)."""
+
     def fmt(v: float | None, spec: str = ".1f") -> str:
         return "" if v is None else format(v, spec)
 
     lines = ["| block | part | feature size | device | GFLOPs | ms | peak MB |", "|---|---|---|---|---:|---:|---:|"]
-    lines += [f"| {r.block} | {r.part} | {r.size} | {r.device} | {fmt(r.gflops, '.4g')} | {fmt(r.ms)} | "
-              f"{fmt(r.peak_mb)} |" for r in rows]
-    lines += ["", "| non-local ÷ ours | part | feature size | device | time × | memory × | FLOPs × |",
-              "|---|---|---|---|---:|---:|---:|"]
-    lines += [f"| {q['baseline']} ÷ {q['block']} | {q['part']} | {q['size']} | {q['device']} | {fmt(q['time_x'])} | "
-              f"{fmt(q['memory_x'])} | {fmt(q['flops_x'])} |" for q in ratios(rows)]
+    lines += [
+        f"| {r.block} | {r.part} | {r.size} | {r.device} | {fmt(r.gflops, '.4g')} | {fmt(r.ms)} | {fmt(r.peak_mb)} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "| non-local ÷ ours | part | feature size | device | time × | memory × | FLOPs × |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {q['baseline']} ÷ {q['block']} | {q['part']} | {q['size']} | {q['device']} | {fmt(q['time_x'])} | "
+        f"{fmt(q['memory_x'])} | {fmt(q['flops_x'])} |"
+        for q in ratios(rows)
+    ]
     return "\n".join(lines)

@@ -88,9 +88,13 @@ class MethodCard:
     def recipe_defaults(self) -> dict[str, Any]:
         """The card's defaults in params.yaml's recipe format (a recipe that gives a key overrides it)."""
         h, w = self.train.crop
-        out: dict[str, Any] = {"objective": self.objective, "normalization": self.normalization,
-                               "crop": h if h == w else [h, w], "flip": self.train.flip,
-                               "brightness": self.train.brightness}
+        out: dict[str, Any] = {
+            "objective": self.objective,
+            "normalization": self.normalization,
+            "crop": h if h == w else [h, w],
+            "flip": self.train.flip,
+            "brightness": self.train.brightness,
+        }
         scale = self.train.scale
         if isinstance(scale, ScaleChoices):
             out["scale"] = {"choices": [scale.start, scale.stop, scale.step]}

@@ -100,31 +100,49 @@ class DGCNet(ContextNet):
     """
 
     def __init__(self, num_classes: int = 19, *, ratio: int = 4, **config: Any) -> None:
-        super().__init__(
-            "dualgcn", lambda c: DualGCN(c, ratio), num_classes=num_classes, dsn_relu=False, **config
-        )
+        super().__init__("dualgcn", lambda c: DualGCN(c, ratio), num_classes=num_classes, dsn_relu=False, **config)
 
 
-@register("dgcnet", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
-          description="DGCNet (DualGCN), deep-stem ResNet-101, output stride 8")
+@register(
+    "dgcnet",
+    "r101",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    description="DGCNet (DualGCN), deep-stem ResNet-101, output stride 8",
+)
 def build_dgcnet_r101(num_classes: int) -> DGCNet:
     return build_variant(DGCNet, "r101", num_classes)
 
 
-@register("dgcnet", "r50", pretrained_source=PRETRAINED_SOURCE,
-          description="DGCNet (DualGCN), deep-stem ResNet-50, output stride 8")
+@register(
+    "dgcnet",
+    "r50",
+    pretrained_source=PRETRAINED_SOURCE,
+    description="DGCNet (DualGCN), deep-stem ResNet-50, output stride 8",
+)
 def build_dgcnet_r50(num_classes: int) -> DGCNet:
     return build_variant(DGCNet, "r50", num_classes)
 
 
-@register("dgcnet", "tiny", pretrained_source=PRETRAINED_SOURCE,
-          description="DGCNet head on a shallow, narrow ResNet (tests and smoke runs)")
+@register(
+    "dgcnet",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    description="DGCNet head on a shallow, narrow ResNet (tests and smoke runs)",
+)
 def build_dgcnet_tiny(num_classes: int) -> DGCNet:
     return build_variant(DGCNet, "tiny", num_classes)
 
 
 # --rgb 1: RGB ImageNet mean/std; 832² crops; val sliding 832.
-register_card(MethodCard(
-    "dgcnet", "supervised", "imagenet_rgb", TrainAugment((832, 832), ScaleChoices(0.7, 2.1, 0.1)),
-    {"val": Protocol("official", crop=832)}, outputs=("main", "dsn"), head_prefixes=("head", "dsn"),
-))
+register_card(
+    MethodCard(
+        "dgcnet",
+        "supervised",
+        "imagenet_rgb",
+        TrainAugment((832, 832), ScaleChoices(0.7, 2.1, 0.1)),
+        {"val": Protocol("official", crop=832)},
+        outputs=("main", "dsn"),
+        head_prefixes=("head", "dsn"),
+    )
+)

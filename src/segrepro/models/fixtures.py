@@ -14,7 +14,7 @@ import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import cast
@@ -30,7 +30,7 @@ DTYPES = {"float32": torch.float32, "int64": torch.int64, "float64": torch.float
 REL_TOL, SCALE_TOL = 1e-5, 2e-5  # README: |out − ref| ≤ 1e-5·|ref| + 2e-5·max|ref|, elementwise
 
 
-@lru_cache(maxsize=None)
+@cache
 def init_rule(fixtures_dir: Path) -> ModuleType:
     """The fixtures' own ``init_rule.py``, loaded from that folder (never a copy of its logic)."""
     spec = importlib.util.spec_from_file_location("segrepro_fixture_init_rule", fixtures_dir / "init_rule.py")
@@ -113,27 +113,56 @@ class FixtureCase:
 
     def files(self) -> list[str]:
         """The fixture files this case reads (relative to the fixtures folder)."""
-        return [f"{self.method}/meta.json", f"{self.method}/{self.manifest}",
-                *(f"{self.method}/{f}" for f in self.outputs.values())]
+        return [
+            f"{self.method}/meta.json",
+            f"{self.method}/{self.manifest}",
+            *(f"{self.method}/{f}" for f in self.outputs.values()),
+        ]
 
 
-_CTX = {f"{m}-{v}": FixtureCase(m, v, f"manifest_{v}.json", "input", (1, 3, *hw), {
-    "main": f"output_{v}.npy", "dsn": f"aux_dsn_{v}.npy"}, _contextnet)
-    for m, hw in (("gald", (369, 401)), ("dgcnet", (97, 129))) for v in ("r50", "r101")}
+_CTX = {
+    f"{m}-{v}": FixtureCase(
+        m,
+        v,
+        f"manifest_{v}.json",
+        "input",
+        (1, 3, *hw),
+        {"main": f"output_{v}.npy", "dsn": f"aux_dsn_{v}.npy"},
+        _contextnet,
+    )
+    for m, hw in (("gald", (369, 401)), ("dgcnet", (97, 129)))
+    for v in ("r50", "r101")
+}
 _SSL = (1, 3, 224, 224)
 CASES: tuple[FixtureCase, ...] = (
-    FixtureCase("alignseg", "r101", "manifest.json", "input", (1, 3, 97, 129),
-                {"main": "output.npy", "aux.dsn": "aux_dsn.npy"}),
-    FixtureCase("acfnet", "r101", "manifest.json", "input", (1, 3, 97, 129),
-                {"aux.fine": "output.npy", "aux.coarse": "aux_coarse.npy", "aux.fcn": "aux_fcn.npy"}),
+    FixtureCase(
+        "alignseg", "r101", "manifest.json", "input", (1, 3, 97, 129), {"main": "output.npy", "aux.dsn": "aux_dsn.npy"}
+    ),
+    FixtureCase(
+        "acfnet",
+        "r101",
+        "manifest.json",
+        "input",
+        (1, 3, 97, 129),
+        {"aux.fine": "output.npy", "aux.coarse": "aux_coarse.npy", "aux.fcn": "aux_fcn.npy"},
+    ),
     *_CTX.values(),
-    FixtureCase("ann", "r101", "manifest.json", "input", (1, 3, 97, 129),
-                {"main": "output.npy", "aux.dsn": "aux_dsn.npy"}),
+    FixtureCase(
+        "ann", "r101", "manifest.json", "input", (1, 3, 97, 129), {"main": "output.npy", "aux.dsn": "aux_dsn.npy"}
+    ),
     FixtureCase("alignseg_ssl", "voc", "manifest.json", "alignseg_ssl/input_224", _SSL, {"main": "output.npy"}),
-    FixtureCase("alignseg_ssl", "voc", "manifest.json", "alignseg_ssl/input_256", (1, 3, 256, 256),
-                {"main": "output_256.npy"}, label="voc-256"),
-    FixtureCase("alignseg_ssl", "coco27", "manifest_coco27.json", "alignseg_ssl/input_224", _SSL,
-                {"main": "output_coco27.npy"}),
+    FixtureCase(
+        "alignseg_ssl",
+        "voc",
+        "manifest.json",
+        "alignseg_ssl/input_256",
+        (1, 3, 256, 256),
+        {"main": "output_256.npy"},
+        label="voc-256",
+    ),
+    FixtureCase(
+        "alignseg_ssl", "coco27", "manifest_coco27.json", "alignseg_ssl/input_224", _SSL, {"main": "output_coco27.npy"}
+    ),
 )
 
 
@@ -142,8 +171,9 @@ def fixture_files() -> list[str]:
     return sorted({"init_rule.py", *(f for case in CASES for f in case.files())})
 
 
-def check_case(case: FixtureCase, fixtures_dir: Path,
-               device: torch.device | str = "cpu") -> dict[str, tuple[float, bool]]:
+def check_case(
+    case: FixtureCase, fixtures_dir: Path, device: torch.device | str = "cpu"
+) -> dict[str, tuple[float, bool]]:
     """Build ``case`` with the fixture weights, run it on ``device`` in float32 and compare every output:
     ``{output: (max|Δ|/max|ref|, within tolerance)}``."""
     meta = json.loads((fixtures_dir / case.method / "meta.json").read_text())
@@ -153,5 +183,7 @@ def check_case(case: FixtureCase, fixtures_dir: Path,
     model = model.eval().to(device)
     x = init_rule(fixtures_dir).make_input(case.input_shape, name=case.input_name).to(device)
     outs = case.run(model, x)
-    return {k: scale_error(outs[k], torch.from_numpy(np.load(fixtures_dir / case.method / f)))
-            for k, f in case.outputs.items()}
+    return {
+        k: scale_error(outs[k], torch.from_numpy(np.load(fixtures_dir / case.method / f)))
+        for k, f in case.outputs.items()
+    }

@@ -121,26 +121,43 @@ class GALDNet(ContextNet):
         )
 
 
-@register("gald", "r101", pretrained_source=PRETRAINED_SOURCE, default=True,
-          description="GALD-Net, deep-stem ResNet-101, output stride 8")
+@register(
+    "gald",
+    "r101",
+    pretrained_source=PRETRAINED_SOURCE,
+    default=True,
+    description="GALD-Net, deep-stem ResNet-101, output stride 8",
+)
 def build_gald_r101(num_classes: int) -> GALDNet:
     return build_variant(GALDNet, "r101", num_classes)
 
 
-@register("gald", "r50", pretrained_source=PRETRAINED_SOURCE,
-          description="GALD-Net, deep-stem ResNet-50, output stride 8")
+@register(
+    "gald", "r50", pretrained_source=PRETRAINED_SOURCE, description="GALD-Net, deep-stem ResNet-50, output stride 8"
+)
 def build_gald_r50(num_classes: int) -> GALDNet:
     return build_variant(GALDNet, "r50", num_classes)
 
 
-@register("gald", "tiny", pretrained_source=PRETRAINED_SOURCE,
-          description="GALD-Net head on a shallow, narrow ResNet (tests and smoke runs)")
+@register(
+    "gald",
+    "tiny",
+    pretrained_source=PRETRAINED_SOURCE,
+    description="GALD-Net head on a shallow, narrow ResNet (tests and smoke runs)",
+)
 def build_gald_tiny(num_classes: int) -> GALDNet:
     return build_variant(GALDNet, "tiny", num_classes)
 
 
 # No --rgb (BGR Caffe means); 769² train crops; eval.py's default window 832 (flip requested but ignored).
-register_card(MethodCard(
-    "gald", "supervised", "caffe_bgr", TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
-    {"val": Protocol("official", crop=832)}, outputs=("main", "dsn"), head_prefixes=("head", "dsn"),
-))
+register_card(
+    MethodCard(
+        "gald",
+        "supervised",
+        "caffe_bgr",
+        TrainAugment((769, 769), ScaleChoices(0.7, 2.1, 0.1)),
+        {"val": Protocol("official", crop=832)},
+        outputs=("main", "dsn"),
+        head_prefixes=("head", "dsn"),
+    )
+)

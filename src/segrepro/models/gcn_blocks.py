@@ -29,8 +29,11 @@ VARIANT_CONFIGS: dict[str, dict] = {
     "r101": {"layers": DEPTHS[101]},
     "r50": {"layers": DEPTHS[50]},
     "tiny": {
-        "layers": (1, 1, 1, 1), "widths": (8, 16, 32, 64), "stem_widths": (8, 8, 16),
-        "head_channels": 32, "dsn_channels": 32,
+        "layers": (1, 1, 1, 1),
+        "widths": (8, 16, 32, 64),
+        "stem_widths": (8, 8, 16),
+        "head_channels": 32,
+        "dsn_channels": 32,
     },
 }
 
@@ -38,7 +41,8 @@ VARIANT_CONFIGS: dict[str, dict] = {
 def conv_bn_relu(cin: int, cout: int, kernel_size: int = 3) -> nn.Sequential:
     """Keys ``0`` (conv, no bias) and ``1`` (BN), as in the official ``conva``/``convb``."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout),
+        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
 
@@ -98,8 +102,13 @@ class ContextNet(ResNet):
         dsn_relu: bool,
     ) -> None:
         super().__init__(
-            layers, stem="sequential", dilation="full", multi_grid=(1, 2, 4), norm=nn.BatchNorm2d,
-            widths=widths, stem_widths=stem_widths,
+            layers,
+            stem="sequential",
+            dilation="full",
+            multi_grid=(1, 2, 4),
+            norm=nn.BatchNorm2d,
+            widths=widths,
+            stem_widths=stem_widths,
         )
         c3, c4 = self.out_channels[2], self.out_channels[3]
         self.head = ContextHead(c4, head_channels, num_classes, block_name, make_block(head_channels))

@@ -63,8 +63,15 @@ class InPlaceABN(nn.Module):
             world = torch.distributed.get_world_size()
             if world > 1:
                 return _SyncBN.apply(
-                    x, scale, self.bias, self.running_mean, self.running_var, self.eps, self.momentum,
-                    torch.distributed.group.WORLD, world,
+                    x,
+                    scale,
+                    self.bias,
+                    self.running_mean,
+                    self.running_var,
+                    self.eps,
+                    self.momentum,
+                    torch.distributed.group.WORLD,
+                    world,
                 )
         return F.batch_norm(
             x, self.running_mean, self.running_var, scale, self.bias, self.training, self.momentum, self.eps

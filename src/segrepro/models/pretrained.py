@@ -32,7 +32,12 @@ StateDict = dict[str, Tensor]
 RESNET_CHILDREN = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "prefix", "layer1", "layer2", "layer3", "layer4")
 # split (canonical) stem name <-> sequential (GALD) stem name; the ANN layout only adds "prefix.".
 _SPLIT_TO_SEQ = {
-    "conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1",
+    "conv1": "conv1.0",
+    "bn1": "conv1.1",
+    "conv2": "conv1.3",
+    "bn2": "conv1.4",
+    "conv3": "conv1.6",
+    "bn3": "bn1",
 }
 _STEM_RE = re.compile(r"^(conv[123]|bn[123])\.")
 _SEQ_STEM_RE = re.compile(r"^(conv1\.[01346]|bn1)\.(.+)$")
@@ -97,7 +102,7 @@ def _is_tensor_dict(obj: dict) -> bool:
 def strip_prefix(sd: StateDict, prefix: str) -> StateDict:
     """Remove ``prefix`` where *every* key has it (a wrapper), else leave the dict unchanged."""
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -150,7 +155,7 @@ def to_split_stem(sd: StateDict) -> StateDict:
     """Convert a file in any of the three deep-stem layouts to the split layout (``conv1..3/bn1..3``)."""
     sd = strip_prefix(sd, "backbone.")
     if any(k.startswith("prefix.") for k in sd):
-        return {k[len("prefix."):] if k.startswith("prefix.") else k: v for k, v in sd.items()}
+        return {k[len("prefix.") :] if k.startswith("prefix.") else k: v for k, v in sd.items()}
     if "conv1.0.weight" in sd:
         seq_to_split = {s: p for p, s in _SPLIT_TO_SEQ.items()}
         out = {}
@@ -173,7 +178,7 @@ def from_split_stem(sd: StateDict, layout: str) -> StateDict:
         elif layout == "prefix":
             out[f"prefix.{k}"] = v
         else:
-            out[_SPLIT_TO_SEQ[m[1]] + k[len(m[1]):]] = v
+            out[_SPLIT_TO_SEQ[m[1]] + k[len(m[1]) :]] = v
     return out
 
 
@@ -246,6 +251,7 @@ def _refuse_wrong_resnet(model: nn.Module, sd: StateDict, target: StateDict, fil
 
 def check_keys(sd: StateDict, target: StateDict, what: str, optional_nbt: bool = False) -> None:
     """Refuse unless ``sd`` has exactly ``target``'s keys with the same shapes (``num_batches_tracked`` optional)."""
+
     def shape(t: Tensor) -> tuple[int, ...]:
         return tuple(t.shape)
 

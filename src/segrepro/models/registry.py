@@ -49,8 +49,10 @@ def register_card(card: MethodCard) -> MethodCard:
 def get_card(method: str) -> MethodCard:
     method = _check_method(method)
     if method not in _CARDS:
-        raise UserError(f"method {method!r} registers builders but no method card; add register_card(...) "
-                        "to its module (docs/adding-a-method.md)")
+        raise UserError(
+            f"method {method!r} registers builders but no method card; add register_card(...) "
+            "to its module (docs/adding-a-method.md)"
+        )
     return _CARDS[method]
 
 
@@ -117,7 +119,9 @@ def get_spec(method: str, variant: str | None = None) -> VariantSpec:
     return variants[variant]
 
 
-def build(method: str, num_classes: int | None = None, variant: str | None = None, pretrained: str | None = None, **kwargs) -> nn.Module:
+def build(
+    method: str, num_classes: int | None = None, variant: str | None = None, pretrained: str | None = None, **kwargs
+) -> nn.Module:
     """Build ``method``/``variant``. ``pretrained`` is a local backbone file (never downloaded), read in the
     variant's ``pretrained_source`` layout; ``kwargs`` go to the builder."""
     spec = get_spec(method, variant)

@@ -75,8 +75,10 @@ def write_archive(pred_dir: Path, names: Iterable[str], out_zip: Path) -> dict[s
     names = sorted(names)
     missing = [n for n in names if not (pred_dir / n).is_file()]
     if missing:
-        raise UserError(f"{pred_dir}: {len(missing)} prediction(s) missing (first: {missing[0]}); rerun the "
-                        "prediction step to finish them")
+        raise UserError(
+            f"{pred_dir}: {len(missing)} prediction(s) missing (first: {missing[0]}); rerun the "
+            "prediction step to finish them"
+        )
     provenance = pred_dir / MANIFEST
     manifest = json.loads(provenance.read_text()) if provenance.is_file() else {}
     members = {}
@@ -89,9 +91,15 @@ def write_archive(pred_dir: Path, names: Iterable[str], out_zip: Path) -> dict[s
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
     archive_sha = sha256_file(out_zip)
-    manifest.update({"archive": out_zip.name, "archive_sha256": archive_sha, "predictions": len(names),
-                     "members_sha256": members})
+    manifest.update(
+        {"archive": out_zip.name, "archive_sha256": archive_sha, "predictions": len(names), "members_sha256": members}
+    )
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     atomic_write_text(manifest_path(out_zip), text)
-    return {"archive": str(out_zip), "archive_sha256": archive_sha, "manifest": str(manifest_path(out_zip)),
-            "manifest_sha256": hashlib.sha256(text.encode()).hexdigest(), "predictions": len(names)}
+    return {
+        "archive": str(out_zip),
+        "archive_sha256": archive_sha,
+        "manifest": str(manifest_path(out_zip)),
+        "manifest_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "predictions": len(names),
+    }

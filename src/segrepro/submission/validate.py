@@ -54,8 +54,10 @@ def split_images(data_root: Path, split: str = "test") -> dict[str, Path]:
     """Image stem → image path for every ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` under ``data_root``."""
     images = {stem_of(p): p for p in sorted((Path(data_root) / IMAGE_DIR / split).glob(f"*/*{IMAGE_SUFFIX}"))}
     if not images:
-        raise UserError(f"{Path(data_root) / IMAGE_DIR / split}: no *{IMAGE_SUFFIX} images; point --data at the "
-                        "Cityscapes root that holds the split")
+        raise UserError(
+            f"{Path(data_root) / IMAGE_DIR / split}: no *{IMAGE_SUFFIX} images; point --data at the "
+            "Cityscapes root that holds the split"
+        )
     return images
 
 
@@ -99,7 +101,9 @@ def _check_png(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
     im_size = (array.shape[1], array.shape[0])
     problems = []
     if im_size != size:
-        problems.append(f"{name}: size {im_size[0]}x{im_size[1]}, its image is {size[0]}x{size[1]} (full resolution needed)")
+        problems.append(
+            f"{name}: size {im_size[0]}x{im_size[1]}, its image is {size[0]}x{size[1]} (full resolution needed)"
+        )
     bad = sorted(set(values.tolist()) - EVALUATED_IDS)
     if bad:
         hint = " (trainIds? convert with train_to_label_lut)" if int(values.max()) <= 18 else ""
@@ -112,8 +116,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def check_archive(archive: Path, data_root: Path, split: str = "test",
-                  max_bytes: int = MAX_ARCHIVE_BYTES) -> tuple[list[str], ArchiveSummary]:
+def check_archive(
+    archive: Path, data_root: Path, split: str = "test", max_bytes: int = MAX_ARCHIVE_BYTES
+) -> tuple[list[str], ArchiveSummary]:
     """All problems of ``archive`` against ``data_root``'s split, and what it held."""
     archive = Path(archive)
     images = split_images(data_root, split)
@@ -151,8 +156,10 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
                     problems.append(f"{name}: nested archive")
                     continue
                 if name == MANIFEST:
-                    problems.append(f"{name}: the archive must hold only the prediction PNGs; keep the manifest "
-                                    "beside it (segrepro submit package writes X.zip.manifest.json)")
+                    problems.append(
+                        f"{name}: the archive must hold only the prediction PNGs; keep the manifest "
+                        "beside it (segrepro submit package writes X.zip.manifest.json)"
+                    )
                     continue
                 match = NAME_PATTERN.match(base)
                 if not match:
@@ -181,8 +188,9 @@ def check_archive(archive: Path, data_root: Path, split: str = "test",
     return problems, ArchiveSummary(len(found), total)
 
 
-def validate_archive(archive: Path, data_root: Path, split: str = "test",
-                     max_bytes: int = MAX_ARCHIVE_BYTES) -> ArchiveSummary:
+def validate_archive(
+    archive: Path, data_root: Path, split: str = "test", max_bytes: int = MAX_ARCHIVE_BYTES
+) -> ArchiveSummary:
     """Raise :class:`SubmissionError` listing every problem; return the summary of a valid archive."""
     problems, summary = check_archive(archive, data_root, split, max_bytes)
     if problems:

@@ -22,10 +22,30 @@ from segrepro.tracking.leaderboard_page import to_html, to_markdown
 from segrepro.tracking.paper_results import PaperResult, no_delta_reason, paper_label
 
 SUMMARY_COLUMNS = [
-    "method", "recipe", "dataset", "split", "backbone", "protocol", "paper_mIoU", "paper_split", "paper_source",
-    "mIoU", "delta", "delta_note", "archive",
-    "iIoU", "category_IoU", "params_M", "GFLOPs", "train_s_per_iter", "eval_img_per_s", "peak_mem_MB",
-    "train_hours", "git_sha", "data_hash", "mlflow_run",
+    "method",
+    "recipe",
+    "dataset",
+    "split",
+    "backbone",
+    "protocol",
+    "paper_mIoU",
+    "paper_split",
+    "paper_source",
+    "mIoU",
+    "delta",
+    "delta_note",
+    "archive",
+    "iIoU",
+    "category_IoU",
+    "params_M",
+    "GFLOPs",
+    "train_s_per_iter",
+    "eval_img_per_s",
+    "peak_mem_MB",
+    "train_hours",
+    "git_sha",
+    "data_hash",
+    "mlflow_run",
 ]
 CLASS_PREFIX = "IoU/"
 FLOPS_SIZE = {"cityscapes": (1024, 2048)}
@@ -69,8 +89,9 @@ def model_size(method: str, variant: str, dataset: str, num_classes: int | None)
     return params, gflops
 
 
-def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
-            papers: dict[tuple[str, str], PaperResult] | None = None) -> dict[str, Any] | None:
+def run_row(
+    run_dir: Path, mlflow_info: dict[str, str] | None = None, papers: dict[tuple[str, str], PaperResult] | None = None
+) -> dict[str, Any] | None:
     """One leaderboard row from a run folder; None when it has neither training nor evaluation results.
     ``papers`` (:func:`~segrepro.tracking.paper_results.paper_index`) gives the published numbers."""
     config_path = run_dir / "config.yaml"
@@ -92,9 +113,16 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
         miou, split, protocol = summary["val_mIoU"], str(cfg.get("val_split") or "val"), "quick val (training)"
     archive = run_dir / "submission.zip"  # where `submit build` writes it in the pipeline (dvc.yaml)
     row: dict[str, Any] = {
-        "method": method, "recipe": recipe, "dataset": dataset, "split": split, "backbone": variant,
-        "protocol": f"{split} {protocol}".strip(), "mIoU": _pct(miou), "iIoU": _pct(_first(evaluation, "iIoU")),
-        "category_IoU": _pct(_first(evaluation, "category_IoU")), "archive": str(archive) if archive.is_file() else "",
+        "method": method,
+        "recipe": recipe,
+        "dataset": dataset,
+        "split": split,
+        "backbone": variant,
+        "protocol": f"{split} {protocol}".strip(),
+        "mIoU": _pct(miou),
+        "iIoU": _pct(_first(evaluation, "iIoU")),
+        "category_IoU": _pct(_first(evaluation, "category_IoU")),
+        "archive": str(archive) if archive.is_file() else "",
     }
     paper = (papers or {}).get((method, recipe))
     row["delta"] = math.nan
@@ -128,8 +156,12 @@ def run_row(run_dir: Path, mlflow_info: dict[str, str] | None = None,
     return row
 
 
-def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[str, dict[str, str]] | None = None,
-                      papers: dict[tuple[str, str], PaperResult] | None = None) -> pd.DataFrame:
+def build_leaderboard(
+    runs: Path,
+    methods: list[str] | None,
+    mlflow_info: dict[str, dict[str, str]] | None = None,
+    papers: dict[tuple[str, str], PaperResult] | None = None,
+) -> pd.DataFrame:
     """Rows for ``methods`` (all run folders when None), grouped by dataset and split (like with like),
     each group sorted by reproduced mIoU."""
     if not runs.is_dir():
@@ -142,12 +174,15 @@ def build_leaderboard(runs: Path, methods: list[str] | None, mlflow_info: dict[s
         if row is not None:
             rows.append(row)
     if not rows:
-        raise UserError(f"{runs}: no run folder with train_summary.json or eval/eval_summary.json; run the pipeline first")
+        raise UserError(
+            f"{runs}: no run folder with train_summary.json or eval/eval_summary.json; run the pipeline first"
+        )
     table = pd.DataFrame(rows)
     class_cols = [c for c in table.columns if c.startswith(CLASS_PREFIX)]
     table = table.reindex(columns=SUMMARY_COLUMNS + class_cols)
-    return table.sort_values(["dataset", "split", "mIoU"], ascending=[True, True, False],
-                             na_position="last").reset_index(drop=True)
+    return table.sort_values(
+        ["dataset", "split", "mIoU"], ascending=[True, True, False], na_position="last"
+    ).reset_index(drop=True)
 
 
 def metrics_json(table: pd.DataFrame) -> dict[str, Any]:

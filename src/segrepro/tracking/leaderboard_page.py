@@ -18,10 +18,35 @@ from typing import Any
 import pandas as pd
 
 CLASS_PREFIX = "IoU/"
-MARKDOWN_COLUMNS = {"method": "method", "recipe": "recipe", "dataset": "dataset/split", "protocol": "protocol",
-                    "paper_mIoU": "paper", "mIoU": "ours", "delta": "Δ", "delta_note": "note", "cost": "cost"}
-PAGE_COLUMNS = ["method", "recipe", "backbone", "split", "protocol", "paper_mIoU", "mIoU", "delta", "delta_note",
-                "iIoU", "params_M", "GFLOPs", "cost", "git_sha", "data_hash", "links"]
+MARKDOWN_COLUMNS = {
+    "method": "method",
+    "recipe": "recipe",
+    "dataset": "dataset/split",
+    "protocol": "protocol",
+    "paper_mIoU": "paper",
+    "mIoU": "ours",
+    "delta": "Δ",
+    "delta_note": "note",
+    "cost": "cost",
+}
+PAGE_COLUMNS = [
+    "method",
+    "recipe",
+    "backbone",
+    "split",
+    "protocol",
+    "paper_mIoU",
+    "mIoU",
+    "delta",
+    "delta_note",
+    "iIoU",
+    "params_M",
+    "GFLOPs",
+    "cost",
+    "git_sha",
+    "data_hash",
+    "links",
+]
 
 
 def _num(value: Any, spec: str = ".2f") -> str:
@@ -105,8 +130,9 @@ def _summary_table(rows: pd.DataFrame) -> str:
         cells["git_sha"] = f'<code title="{sha}">{sha[:8]}</code>'
         cells["data_hash"] = html.escape(str(row["data_hash"] or "")[:8])
         archive = str(row.get("archive") or "")
-        cells["links"] = " ".join(filter(None, [_link(str(row["mlflow_run"] or ""), "MLflow run"),
-                                                _link(archive, "archive")]))
+        cells["links"] = " ".join(
+            filter(None, [_link(str(row["mlflow_run"] or ""), "MLflow run"), _link(archive, "archive")])
+        )
         body.append("<tr>" + "".join(f"<td>{cells[c]}</td>" for c in PAGE_COLUMNS) + "</tr>")
     return f"<table class='summary'><tr class='head'>{head}</tr>{''.join(body)}</table>"
 
@@ -115,7 +141,7 @@ def _heat_map(rows: pd.DataFrame) -> str:
     class_cols = [c for c in rows.columns if c.startswith(CLASS_PREFIX) and rows[c].notna().any()]
     if not class_cols:
         return "<p>No per-class results.</p>"
-    head = "".join(f"<th>{html.escape(c[len(CLASS_PREFIX):])}</th>" for c in class_cols)
+    head = "".join(f"<th>{html.escape(c[len(CLASS_PREFIX) :])}</th>" for c in class_cols)
     body = []
     for _, row in rows.iterrows():
         cells = "".join(
@@ -136,8 +162,10 @@ def to_html(table: pd.DataFrame) -> str:
             f"<h3>Reproduced vs paper mIoU</h3><img alt='mIoU per method, {name}' src='{bar_chart(rows)}'>"
             f"<h3>Per-class IoU (%)</h3>{_heat_map(rows)}</section>"
         )
-    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}section{margin-bottom:2em}")
+    style = (
+        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}section{margin-bottom:2em}"
+    )
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>segrepro leaderboard</title><style>{style}</style>"
         f"</head><body><h1>segrepro leaderboard</h1>{''.join(sections)}</body></html>\n"

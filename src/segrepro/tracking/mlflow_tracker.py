@@ -59,9 +59,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
     """Commit SHA and dirty flag of the project checkout ("unknown" outside git)."""
+
     def run(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
         except Exception:
             return ""
 
@@ -152,8 +155,9 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # what nests a run under another in the U
 # (:func:`headline_view_url`; `segrepro ui` prints it).
 HEADLINE_VIEW = "headline"
 HEADLINE_METRICS = ("val_mIoU", "mIoU", "iIoU")
-_HEADLINE_STATE = json.dumps({"selectedColumns": ["attributes.`Dataset`"]
-                              + [f"metrics.`{m}`" for m in HEADLINE_METRICS]})
+_HEADLINE_STATE = json.dumps(
+    {"selectedColumns": ["attributes.`Dataset`"] + [f"metrics.`{m}`" for m in HEADLINE_METRICS]}
+)
 
 
 def experiment_name(dataset: str | None = None) -> str:
@@ -169,15 +173,18 @@ def ensure_experiment(mlflow: Any, name: str, uri: str) -> str:
     if experiment is None:
         location = None
         if uri.startswith("sqlite:///"):
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     else:
         experiment_id = experiment.experiment_id
     tags = {} if experiment is None else experiment.tags
     client = mlflow.MlflowClient()
-    for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (f"mlflow.sharedViewState.{HEADLINE_VIEW}",
-                                                               _HEADLINE_STATE)):
+    for key, value in (
+        (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND),
+        (f"mlflow.sharedViewState.{HEADLINE_VIEW}", _HEADLINE_STATE),
+    ):
         if tags.get(key) != value:
             client.set_experiment_tag(experiment_id, key, value)
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -196,9 +203,17 @@ class MlflowTracker:
     training run, and system metrics are logged where a GPU is present (``system_metrics=None``).
     """
 
-    def __init__(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
-                 experiment: str | None = None, uri: str | None = None, dataset: str | None = None,
-                 parent_run_id: str | None = None, system_metrics: bool | None = None) -> None:
+    def __init__(
+        self,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+        experiment: str | None = None,
+        uri: str | None = None,
+        dataset: str | None = None,
+        parent_run_id: str | None = None,
+        system_metrics: bool | None = None,
+    ) -> None:
         require_mlflow("MLflow tracking")
         import mlflow
 
@@ -217,7 +232,7 @@ class MlflowTracker:
         flat = {k: (str(v)[:5000] if v is not None else "None") for k, v in flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i:i + 100]))
+            mlflow.log_params(dict(items[i : i + 100]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

@@ -26,9 +26,13 @@ def paper_index(params: Mapping[str, Any]) -> dict[tuple[str, str], PaperResult]
     """(method, recipe) → its paper number, for every recipe that has one (twins: their official twin's)."""
     from segrepro.tracking.recipe_table import recipe_rows
 
-    return {(r["method"], r["recipe"]): PaperResult(float(r["paper_mIoU"]), str(r["paper_split"]),
-                                                    str(r["paper_protocol"]), str(r["source"]), r.get("twin_of"))
-            for r in recipe_rows(params) if r.get("paper_mIoU") is not None and not r.get("unsupported")}
+    return {
+        (r["method"], r["recipe"]): PaperResult(
+            float(r["paper_mIoU"]), str(r["paper_split"]), str(r["paper_protocol"]), str(r["source"]), r.get("twin_of")
+        )
+        for r in recipe_rows(params)
+        if r.get("paper_mIoU") is not None and not r.get("unsupported")
+    }
 
 
 def load_paper_index(params_path: Path) -> dict[tuple[str, str], PaperResult]:

@@ -20,7 +20,7 @@ def twin_name(name: str, recipes: Mapping[str, Any]) -> str | None:
     """The CPU twin of an official recipe: ``official_<s>`` → ``demo_<s>``, ``official`` → ``demo``."""
     if not name.startswith("official"):
         return None
-    twin = "demo" + name[len("official"):]
+    twin = "demo" + name[len("official") :]
     return twin if twin in recipes else None
 
 
@@ -55,23 +55,41 @@ def recipe_rows(params: Mapping[str, Any]) -> list[dict[str, Any]]:
             if twin_of and not paper:
                 paper = merge_chain(recipes, method, twin_of).get("paper") or {}
             split = eval_split(cfg)
-            rows.append({
-                "method": method, "recipe": name, "dataset": cfg.get("dataset"),
-                "train_split": cfg.get("train_split", "train"), "split": split,
-                "protocol": describe_protocol(method, cfg, split), "variant": cfg.get("variant"),
-                "paper_mIoU": paper.get("mIoU"), "paper_range": paper.get("range"),
-                "paper_split": paper.get("split"), "paper_protocol": paper.get("protocol"),
-                "source": paper.get("source"), "init_from": cfg.get("init_from"),
-                "cpu_twin": twin_name(name, recipes), "twin_of": twin_of,
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "recipe": name,
+                    "dataset": cfg.get("dataset"),
+                    "train_split": cfg.get("train_split", "train"),
+                    "split": split,
+                    "protocol": describe_protocol(method, cfg, split),
+                    "variant": cfg.get("variant"),
+                    "paper_mIoU": paper.get("mIoU"),
+                    "paper_range": paper.get("range"),
+                    "paper_split": paper.get("split"),
+                    "paper_protocol": paper.get("protocol"),
+                    "source": paper.get("source"),
+                    "init_from": cfg.get("init_from"),
+                    "cpu_twin": twin_name(name, recipes),
+                    "twin_of": twin_of,
+                }
+            )
     for entry in params.get("unsupported") or []:
         paper = entry.get("paper") or {}
-        rows.append({
-            "method": entry["method"], "recipe": entry["recipe"], "dataset": entry.get("dataset"),
-            "split": paper.get("split"), "protocol": paper.get("protocol"), "paper_mIoU": paper.get("mIoU"),
-            "paper_split": paper.get("split"), "paper_protocol": paper.get("protocol"),
-            "source": paper.get("source"), "unsupported": entry["reason"],
-        })
+        rows.append(
+            {
+                "method": entry["method"],
+                "recipe": entry["recipe"],
+                "dataset": entry.get("dataset"),
+                "split": paper.get("split"),
+                "protocol": paper.get("protocol"),
+                "paper_mIoU": paper.get("mIoU"),
+                "paper_split": paper.get("split"),
+                "paper_protocol": paper.get("protocol"),
+                "source": paper.get("source"),
+                "unsupported": entry["reason"],
+            }
+        )
     return rows
 
 
@@ -82,9 +100,15 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         number = "—" if r.get("paper_mIoU") is None else f"{r['paper_mIoU']:g}"
         if r.get("paper_range"):
             number = "–".join(f"{v:g}" for v in r["paper_range"])
-        paper = f"paper {number} ({r['paper_split']}; {r['source']})" if r.get("paper_mIoU") is not None else "no paper number"
+        paper = (
+            f"paper {number} ({r['paper_split']}; {r['source']})"
+            if r.get("paper_mIoU") is not None
+            else "no paper number"
+        )
         if r.get("twin_of"):
             paper += f" [CPU twin of {r['twin_of']}]"
         tail = f"UNSUPPORTED: {r['unsupported']}" if r.get("unsupported") else f"twin: {r.get('cpu_twin') or '—'}"
-        lines.append(f"{r['method']}/{r['recipe']}  {r['dataset']} {r['split']}  |  {r['protocol']}  |  {paper}  |  {tail}")
+        lines.append(
+            f"{r['method']}/{r['recipe']}  {r['dataset']} {r['split']}  |  {r['protocol']}  |  {paper}  |  {tail}"
+        )
     return "\n".join(lines)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -48,7 +48,8 @@ def mlflow_run_info(run_ids: Iterable[str], uri: str | None = None) -> dict[str,
             continue
         tags = run.data.tags
         info[run_id] = {
-            "git_sha": tags.get("git_sha", ""), "dvc_data_hash": tags.get("dvc_data_hash", ""),
+            "git_sha": tags.get("git_sha", ""),
+            "dvc_data_hash": tags.get("dvc_data_hash", ""),
             "link": run_link(uri, run.info.experiment_id, run_id),
         }
     return info
@@ -80,7 +81,8 @@ def register_method(client: Any, method: str, run_id: str, miou: float) -> str: 
 def log_leaderboard(table: pd.DataFrame, files: Mapping[str, Path], run_ids: Mapping[str, str]) -> str:
     """One ``stage=leaderboard`` run with the table (``log_table``) and files; registers each method's model."""
     tracker = MlflowTracker(
-        run_name="leaderboard", tags={"stage": "leaderboard", "method": "all", **git_state()},
+        run_name="leaderboard",
+        tags={"stage": "leaderboard", "method": "all", **git_state()},
         params={"methods": ",".join(table["method"].astype(str))},
     )
     status = "FAILED"
@@ -99,7 +101,9 @@ def log_leaderboard(table: pd.DataFrame, files: Mapping[str, Path], run_ids: Map
         for _, row in table.iterrows():
             run_id = run_ids.get(str(row["method"]))
             if run_id:
-                versions[model_name(str(row["method"]))] = register_method(client, str(row["method"]), run_id, float(row["mIoU"]))
+                versions[model_name(str(row["method"]))] = register_method(
+                    client, str(row["method"]), run_id, float(row["mIoU"])
+                )
         tracker.set_tags({f"registered/{k}": v for k, v in versions.items()})
         status = "FINISHED"
         return tracker.run_id

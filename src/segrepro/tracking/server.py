@@ -26,21 +26,44 @@ def default_artifacts(cwd: Path | None = None) -> str:
     return str((cwd or Path.cwd()).resolve() / "mlartifacts")
 
 
-def server_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1) -> list[str]:
+def server_command(
+    host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1
+) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-        "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination,
-        "--serve-artifacts", "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--serve-artifacts",
+        "--workers",
+        str(workers),
     ]
 
 
-def serve(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: str | None = None,
-          artifacts_destination: str | None = None, workers: int = 1) -> int:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    workers: int = 1,
+) -> int:
     """Run the server in the foreground until Ctrl-C; returns its exit status."""
     require_mlflow("segrepro ui")
     backend = backend_store_uri or default_backend_store()
     artifacts = artifacts_destination or default_artifacts()
-    if artifacts.startswith("s3://") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL") and not os.environ.get("AWS_ENDPOINT_URL"):
+    if (
+        artifacts.startswith("s3://")
+        and not os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        and not os.environ.get("AWS_ENDPOINT_URL")
+    ):
         print("note: MLFLOW_S3_ENDPOINT_URL is not set; using AWS S3 itself", file=sys.stderr)
     if not artifacts.startswith(("s3://", "gs://", "wasbs://", "file:")):
         Path(artifacts).mkdir(parents=True, exist_ok=True)

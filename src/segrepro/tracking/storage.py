@@ -71,7 +71,9 @@ def ensure_bucket(settings: S3Settings) -> bool:
     except ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", ""))
         if code not in {"404", "NoSuchBucket", "NotFound"}:
-            raise UserError(f"S3 bucket {settings.bucket!r} at {where} is not accessible ({code}); check the credentials") from None
+            raise UserError(
+                f"S3 bucket {settings.bucket!r} at {where} is not accessible ({code}); check the credentials"
+            ) from None
     except BotoCoreError as err:
         raise UserError(f"S3 endpoint {where} is unreachable ({type(err).__name__}); check AWS_ENDPOINT_URL") from None
     client.create_bucket(Bucket=settings.bucket)

@@ -129,17 +129,31 @@ class ResNet(nn.Module):
             self.conv3, self.bn3 = conv3x3(s1, s2), norm(s2)
         elif stem == "sequential":
             self.conv1 = nn.Sequential(
-                conv3x3(3, s0, stride=2), norm(s0), nn.ReLU(inplace=True),
-                conv3x3(s0, s1), norm(s1), nn.ReLU(inplace=True),
+                conv3x3(3, s0, stride=2),
+                norm(s0),
+                nn.ReLU(inplace=True),
+                conv3x3(s0, s1),
+                norm(s1),
+                nn.ReLU(inplace=True),
                 conv3x3(s1, s2),
             )
             self.bn1 = norm(s2)
         else:
-            self.prefix = nn.Sequential(OrderedDict([
-                ("conv1", conv3x3(3, s0, stride=2)), ("bn1", norm(s0)), ("relu1", nn.ReLU(inplace=True)),
-                ("conv2", conv3x3(s0, s1)), ("bn2", norm(s1)), ("relu2", nn.ReLU(inplace=True)),
-                ("conv3", conv3x3(s1, s2)), ("bn3", norm(s2)), ("relu3", nn.ReLU(inplace=True)),
-            ]))
+            self.prefix = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("conv1", conv3x3(3, s0, stride=2)),
+                        ("bn1", norm(s0)),
+                        ("relu1", nn.ReLU(inplace=True)),
+                        ("conv2", conv3x3(s0, s1)),
+                        ("bn2", norm(s1)),
+                        ("relu2", nn.ReLU(inplace=True)),
+                        ("conv3", conv3x3(s1, s2)),
+                        ("bn3", norm(s2)),
+                        ("relu3", nn.ReLU(inplace=True)),
+                    ]
+                )
+            )
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
         inplanes = s2
@@ -150,7 +164,9 @@ class ResNet(nn.Module):
                 stride = 1
             downsample = None
             if stride != 1 or inplanes != planes * 4:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), norm(planes * 4))
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), norm(planes * 4)
+                )
             stage = [Bottleneck(inplanes, planes, norm, stride, dils[0], downsample, eca_kernel)]
             inplanes = planes * 4
             stage += [Bottleneck(inplanes, planes, norm, 1, d, None, eca_kernel) for d in dils[1:]]
