@@ -25,8 +25,9 @@ demo: $(STAMP)
 	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%-14s val mIoU %.3f" % (s["method"], s["val_mIoU"]))' $$f; done
 	@echo; echo "Leaderboard: leaderboard/leaderboard.md (also .html, .csv); MLflow UI: make ui"
 
+# The tests, then lint (ruff check, ruff format --check, mypy on src/segrepro): both run, any finding fails.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	rc=0; $(PY) -m pytest -q || rc=1; $(MAKE) --no-print-directory lint || rc=1; exit $$rc
 
 # Style and types of the package (configured in pyproject.toml); runs every tool and fails on any finding.
 lint: $(STAMP)

@@ -23,6 +23,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+def _chunks(items: Any, size: int) -> Iterator[Any]:  # a list of jobs or a batch tensor
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -115,13 +116,14 @@ def predict_logits(
     x = image.unsqueeze(0) if image.dim() == 3 else image
     views = torch.cat([x, x.flip(-1)]) if flip else x
     h, w = x.shape[-2:]
+    out: Tensor | None = None
     if crop is None or h < crop or w < crop:
         out = torch.cat([_forward(model, v, (h, w)) for v in _chunks(views, tile_batch)])
     else:
         stride = stride or third_overlap_stride(crop)
         boxes = [(y, xx) for y in tile_starts(h, crop, stride) for xx in tile_starts(w, crop, stride)]
         jobs = [(v, y, xx) for v in range(views.shape[0]) for y, xx in boxes]
-        out, count = None, torch.zeros(1, 1, h, w, device=x.device)
+        count = torch.zeros(1, 1, h, w, device=x.device)
         for y, xx in boxes:
             count[..., y : y + crop, xx : xx + crop] += 1
         for chunk in _chunks(jobs, tile_batch):
@@ -131,6 +133,7 @@ def predict_logits(
                 out = torch.zeros(views.shape[0], logits.shape[1], h, w, device=x.device)
             for (v, y, xx), tile in zip(chunk, logits, strict=True):
                 out[v, :, y : y + crop, xx : xx + crop] += tile
+        assert out is not None  # at least one tile
         out = out / count
     if flip:
         out[1:] = out[1:].flip(-1)

@@ -9,7 +9,7 @@ Lengths are converted from the warp's half-pixels of the stride-4 map to pixels 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import Tensor, nn
 
 from segrepro.io import atomic_write_bytes
 from segrepro.models.outputs import main_logits
+
+if TYPE_CHECKING:
+    from segrepro.models.alignseg import AlignSeg
 
 
 @torch.no_grad()
@@ -26,7 +29,7 @@ def compute_offsets(model: nn.Module, image: Tensor) -> dict[str, dict[str, np.n
     from segrepro.models.alignseg import record_offsets
 
     model.eval()
-    with record_offsets(model) as record:
+    with record_offsets(cast("AlignSeg", model)) as record:
         main_logits(model, image[None])
     height, width = image.shape[-2:]
     out: dict[str, dict[str, np.ndarray]] = {}

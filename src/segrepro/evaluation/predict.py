@@ -7,10 +7,10 @@ Predictions stay on the device until a consumer needs them on the host (PNG writ
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def iter_predictions(
     (resuming a submission). One image at a time: Cityscapes images differ in nothing but content, and
     the protocol batches the tiles."""
     model.eval().to(device)
-    indices = [i for i in range(len(dataset)) if skip is None or not skip(i)]
+    indices = [i for i in range(len(cast(Sized, dataset))) if skip is None or not skip(i)]
     subset = torch.utils.data.Subset(dataset, indices)
     loader = DataLoader(subset, batch_size=1, num_workers=workers, collate_fn=_first)
     for index, sample in zip(indices, tqdm(loader, desc=f"{desc} ({protocol.name})", unit="img"), strict=True):
@@ -105,7 +105,7 @@ def save_overlay(image_path: Path, classes: Tensor, path: Path, palette: np.ndar
         rgb = np.asarray(im.convert("RGB"))
     arr = classes.cpu().numpy()
     if arr.shape != rgb.shape[:2]:
-        arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize(rgb.shape[1::-1], Image.NEAREST))
+        arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
     buf = io.BytesIO()
     Image.fromarray(overlay(rgb, arr, palette=palette)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -204,6 +204,7 @@ def _run_ssl(
         if per_image is None:
             per_image = PerImageMajorityVoteMIoU(scores.shape[1])
             hungarian = DatasetHungarianMIoU(convention, scores.shape[1], device=device)
+        assert hungarian is not None  # made with per_image
         per_image.update(clusters, sample["label"].to(device))
         hungarian.update(clusters, sample["label"].to(device))
     assert per_image is not None and hungarian is not None

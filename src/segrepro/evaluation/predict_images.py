@@ -39,6 +39,10 @@ SSL_SIZE = 480  # visualize_segment.py --image_size default
 SSL_QUERY_COLOURS = np.array([(128, 0, 0), (30, 144, 255), (75, 0, 130), (184, 134, 11), (0, 128, 0)], np.uint8)
 
 
+def _rgb(colour: Sequence[int]) -> tuple[int, int, int]:
+    return int(colour[0]), int(colour[1]), int(colour[2])
+
+
 @dataclass(frozen=True)
 class InputImage:
     """A file to predict and its output stem (relative to ``--out``; folder inputs keep their subfolders)."""
@@ -174,7 +178,7 @@ class Outputs:
             path = base.with_name(f"{base.name}_{fmt}.png")
             if fmt == "overlay":
                 present = [int(c) for c in np.unique(classes) if c < len(self.palette)]
-                entries = [(str(self.names[c]), tuple(int(v) for v in self.palette[c])) for c in present]
+                entries = [(str(self.names[c]), _rgb(self.palette[c])) for c in present]
                 blended = Image.fromarray(overlay(rgb, classes, self.alpha, self.palette))
                 atomic_write_bytes(path, _png(draw_legend(blended, entries)))
             elif fmt == "color":

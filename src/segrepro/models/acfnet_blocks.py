@@ -88,7 +88,8 @@ class ACF(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 1)
         # The official training init (kaiming a=1, zero bias) reaches only conv2, a direct Conv2d child.
         nn.init.kaiming_normal_(self.conv2.weight, a=1)
-        nn.init.zeros_(self.conv2.bias)
+        if self.conv2.bias is not None:
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor, coarse: Tensor) -> Tensor:
         feats = self.conv1(x)

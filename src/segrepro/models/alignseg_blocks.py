@@ -6,6 +6,8 @@ head is InPlaceABN with leaky ReLU 0.01; every conv has no bias.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,7 +46,7 @@ def delta_generator(channels: int) -> nn.Sequential:
         InPlaceABN(channels),
         nn.Conv2d(channels, 2, 3, padding=1, bias=False),
     )
-    nn.init.zeros_(gen[2].weight)
+    nn.init.zeros_(cast(nn.Conv2d, gen[2]).weight)
     return gen
 
 

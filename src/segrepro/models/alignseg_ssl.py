@@ -89,7 +89,8 @@ class AlignSegSSL(nn.Module):
     def param_groups(self, weight_decay: float = 0.04) -> list[dict]:
         """The official AdamW groups (``train.py``, ``exclude_norm_bias``): decay on ≥2-D decoder weights
         only; biases, norms and ``clsQueries`` without decay; the frozen backbone left out."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 and not name.startswith("clsQueries") else no_decay).append(p)

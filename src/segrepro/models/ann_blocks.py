@@ -54,7 +54,8 @@ class AsymmetricAttention(nn.Module):
         self.W = nn.Conv2d(value_channels, out_channels, 1)
         # Official init: the block starts as a no-op residual context (matters for training only).
         nn.init.zeros_(self.W.weight)
-        nn.init.zeros_(self.W.bias)
+        if self.W.bias is not None:
+            nn.init.zeros_(self.W.bias)
 
     def anchors(self, x: Tensor) -> Tensor:
         """(B, C, h, w) → (B, C, S): the positions keys and values are taken at (the pyramid pools).

@@ -125,6 +125,6 @@ class ContextNet(ResNet):
 Net = TypeVar("Net", bound=ContextNet)
 
 
-def build_variant(cls: type[Net], variant: str, num_classes: int) -> Net:
+def build_variant(cls: Callable[..., Net], variant: str, num_classes: int) -> Net:
     """``cls`` in ``variant``'s :data:`VARIANT_CONFIGS` configuration, randomly initialised."""
     return cls(num_classes, **VARIANT_CONFIGS[variant])

@@ -104,6 +104,12 @@ class ResNet(nn.Module):
     variants); ``stem_widths`` the three stem convs (64/64/128 officially).
     """
 
+    conv1: nn.Module  # a conv of the split stem, or the whole sequential stem
+    layer1: nn.Sequential  # layer1..4 are added by name in __init__'s loop
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         layers: Sequence[int] = DEPTHS[101],
