@@ -75,7 +75,8 @@ def _dataset_split(row: pd.Series) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     view = table.assign(cost=table.apply(cost, axis=1), dataset=table.apply(_dataset_split, axis=1))
     view = view[list(MARKDOWN_COLUMNS)].rename(columns=MARKDOWN_COLUMNS)
-    return view.to_markdown(index=False, floatfmt=".2f") + "\n"
+    view = view.astype(object).where(view.notna(), None)  # empty cells read "–", not "nan"
+    return view.to_markdown(index=False, floatfmt=".2f", missingval="–") + "\n"
 
 
 def _png_data_uri(fig: Any) -> str:
