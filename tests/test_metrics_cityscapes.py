@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from segrepro.cli import main
 from segrepro.errors import UserError
-from segrepro.evaluation.bench import max_difference, official_folder_result, write_synthetic_set
+from segrepro.evaluation.bench import max_difference, official_evaluator, official_folder_result, write_synthetic_set
 from segrepro.evaluation.cityscapes_metrics import (
     CityscapesEvaluator,
     evaluate_cityscapes_folders,
@@ -52,15 +53,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture()
-def official(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setattr(np, "in1d", lambda a, b, assume_unique=False, invert=False: np.isin(
-        np.ravel(a), b, assume_unique=assume_unique, invert=invert), raising=False)
-    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
-
-    for key, value in {"quiet": True, "JSONOutput": False, "evalInstLevelScore": True, "evalPixelAccuracy": False,
-                       "predictionPath": None, "predictionWalk": None}.items():
-        monkeypatch.setattr(ev.args, key, value)
-    return ev
+def official() -> Iterator[ModuleType]:
+    with official_evaluator() as ev:  # the bench's own set-up: quiet, nIoU on, np.in1d aliased while inside
+        yield ev
 
 
 @pytest.fixture()
