@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segrepro.engine.losses import build_criterion, lovasz_softmax, ohem_cross_entropy
 from segrepro.engine.recipe import LossCfg
@@ -116,3 +117,33 @@ def test_lovasz_matches_per_class_reference() -> None:
     target = torch.randint(0, 4, (2, 7, 9), generator=g)  # class 4 absent: not averaged
     target[0, 0] = 255
     assert lovasz_softmax(probs, target).item() == pytest.approx(_lovasz_reference(probs, target).item(), rel=1e-12)
+
+
+def test_lovasz_gradient_matches_per_class_reference() -> None:
+    """The order and weights are computed outside autograd; the gradient must still be the reference's."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 5, 7, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 7, 9), generator=g)
+    target[1, 2] = 255
+    (ours,) = torch.autograd.grad(lovasz_softmax(torch.softmax(logits, 1), target), logits)
+    (ref,) = torch.autograd.grad(_lovasz_reference(torch.softmax(logits, 1), target), logits)
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("rule", ["gald", "ann"])
+@pytest.mark.parametrize("min_kept", [1, 30, 62, 63, 500])
+def test_ohem_selection_equals_full_sort(rule: str, min_kept: int) -> None:
+    """The threshold comes from kthvalue; the official codes read it from a full sort."""
+    g = torch.Generator().manual_seed(min_kept)
+    logits = torch.randn(1, 4, 7, 9, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 4, (1, 7, 9), generator=g)
+    p_gt = torch.softmax(logits[0], 0).permute(1, 2, 0).reshape(-1, 4).gather(1, target.reshape(-1, 1)).squeeze(1)
+    ranked, n = torch.sort(p_gt).values, p_gt.numel()
+    if rule == "gald":
+        keep = p_gt <= max(0.7, float(ranked[max(min(n, min_kept), 1) - 1]))
+    else:
+        keep = p_gt < max(float(ranked[min(min_kept, n - 1)]), 0.7)
+    ce = F.cross_entropy(logits, target, reduction="none").reshape(-1)
+    want = ce[keep].mean()
+    got = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=min_kept, rule=rule)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
