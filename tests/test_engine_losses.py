@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segrepro.engine import losses as losses_module
 from segrepro.engine.losses import build_criterion, lovasz_softmax, ohem_cross_entropy
 from segrepro.engine.recipe import LossCfg
 from segrepro.engine.schedule import poly_lr
@@ -128,6 +129,16 @@ def test_lovasz_gradient_matches_per_class_reference() -> None:
     (ours,) = torch.autograd.grad(lovasz_softmax(torch.softmax(logits, 1), target), logits)
     (ref,) = torch.autograd.grad(_lovasz_reference(torch.softmax(logits, 1), target), logits)
     assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_lovasz_order_is_the_stable_descending_sort(dtype: torch.dtype) -> None:
+    """The radix-key order equals torch's stable descending sort, ties (many here) by position."""
+    g = torch.Generator().manual_seed(7)
+    errors = (torch.randint(0, 50, (6, 400), generator=g) / 49).to(dtype)
+    errors[2, 10:20] = 0.0
+    want = torch.sort(errors, dim=1, descending=True, stable=True).indices
+    assert torch.equal(losses_module._rowwise_descending_order(errors), want)
 
 
 @pytest.mark.parametrize("rule", ["gald", "ann"])

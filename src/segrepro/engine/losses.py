@@ -75,19 +75,21 @@ def ohem_cross_entropy(
 
 
 def _kth_smallest(values: Tensor, k: int) -> float:
-    """The k-th smallest (1-based) of a 1-D tensor: ``sort(values)[k - 1]`` without the sort."""
-    if k >= values.numel():
-        return float(values.max())
+    """The k-th smallest (1-based, k ≤ N) of a 1-D tensor: ``sort(values)[k - 1]`` without the sort."""
     return float(torch.kthvalue(values, k).values)
 
 
 def _rowwise_descending_order(errors: Tensor) -> Tensor:
-    """Per row of non-negative ``errors`` (C, N), the indices that sort it descending, ties by position.
+    """Per row of non-negative ``errors`` (C, N), the indices that sort it descending, ties by position:
+    ``torch.sort(errors, dim=1, descending=True, stable=True).indices``.
 
-    One stable sort of int64 keys (row, then the error's bit pattern reversed) replaces a float sort per
-    row: non-negative floats order like their int32 bit patterns, and on CPU torch sorts such keys with a
-    parallel radix sort. Ties are broken by position, so the order does not depend on the sort algorithm.
+    For float32 and narrower, one stable sort of int64 keys (row, then the error's bit pattern reversed)
+    replaces the float sort per row: non-negative floats order like their int32 bit patterns, and on CPU torch
+    sorts such keys with a parallel radix sort. float64 bit patterns leave no room for the row, so it sorts
+    as floats.
     """
+    if errors.dtype == torch.float64:
+        return torch.sort(errors, dim=1, descending=True, stable=True).indices
     c, n = errors.shape
     offsets = torch.arange(c, device=errors.device).unsqueeze(1)
     keys = errors.float().contiguous().view(torch.int32).long()  # ≥ 0 for the non-negative errors
