@@ -46,13 +46,22 @@ def isa() -> str:
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
 
 
-def train(method: str, seed: int, out: Path, threads: int) -> None:
+def demo_nproc(method: str) -> int:
+    """The DDP process count `make demo` trains the method's demo row with (params.yaml benchmark.<m>-demo.nproc)."""
+    import yaml
+
+    rows = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmark"]
+    return int(rows[f"{method}-demo"]["nproc"])
+
+
+def train(method: str, seed: int, out: Path, nproc: int, threads: int) -> None:
+    # The same command as dvc.yaml's train stage (--nproc from the benchmark row), one seed changed.
     # PASSIVE: idle OpenMP threads sleep instead of spinning, so other jobs on the machine slow a run
     # by their share of the cores, not by 10x; the arithmetic (and so the weights) is the same.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
            "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent}/mlflow.db"}
     cmd = ["segrepro", "train", "--method", method, "--data", "data/cityscapes", "--out", str(out),
-           "--no-resume", "--set", f"train.{method}.seed={seed}"]
+           "--no-resume", "--nproc", str(nproc), "--set", f"train.{method}.seed={seed}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
@@ -72,13 +81,15 @@ def main() -> int:
     ap.add_argument("--methods", default="alignseg,acfnet,gald,dgcnet,ann")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "seeds")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--from-demo", type=Path, default=None, help="runs/ of a finished `make demo` (seed 0)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
 
     first = methods[0]
+    nprocs = {m: demo_nproc(m) for m in methods}
+    cores = len(os.sched_getaffinity(0))
+    threads = {m: max(1, cores // n) for m, n in nprocs.items()}
 
     def run_dir(m: str, s: int) -> Path:
         if args.from_demo is not None and s == 0 and m != first:
@@ -89,7 +100,7 @@ def main() -> int:
     for run in missing:  # each run is kept as it finishes: a rerun trains only what is still missing
         if args.from_demo is None or run.parent != args.from_demo:
             method, seed = run.name.rsplit("-s", 1)
-            train(method, int(seed), run, args.threads)
+            train(method, int(seed), run, nprocs[method], threads[method])
     if args.from_demo is not None:
         again = args.from_demo / f"{first}-demo"
         absent = [str(r) for r in [*missing, again] if r.parent == args.from_demo and not (r / "model.pt").exists()]
@@ -98,7 +109,7 @@ def main() -> int:
         what = f"`make demo` and this script each trained {first} seed {seeds[0]}: they gave "
     else:
         again = args.out / f"{first}-s{seeds[0]}-again"
-        train(first, seeds[0], again, args.threads)
+        train(first, seeds[0], again, nprocs[first], threads[first])
         what = f"{first} seed {seeds[0]} trained twice on this machine gave "
     same = weights_digest(run_dir(first, seeds[0])) == weights_digest(again)
 
@@ -112,7 +123,8 @@ def main() -> int:
                     + f" | {mean:.3f} | {spread:.3f} | {'yes' if passed else '**no**'} |")
     header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread (max − min) | target met |\n"
               "|---|" + "---|" * (len(seeds) + 3))
-    machine = (f"{cpu_model()} ({os.cpu_count()} cores, {isa()}), {args.threads} torch threads, "
+    layouts = sorted({f"{nprocs[m]} process(es) × {threads[m]} torch thread(s)" for m in methods})
+    machine = (f"{cpu_model()} ({cores} cores, {isa()}), {' / '.join(layouts)} per training, "
                f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
     bits = f"Measured: {what}" + ("bit-identical weights." if same else "**different** weights.")
     block = "\n".join([BEGIN, f"Measured by `scripts/demo-seeds.py` on {machine}.", "", header, *rows, "",

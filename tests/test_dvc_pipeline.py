@@ -21,7 +21,7 @@ from segrepro import depgraph
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ROWS = {f"{m}-demo": {"method": m, "recipe": "demo", "dataset": "cityscapes", "after": "data/cityscapes_prepared"}
+ROWS = {f"{m}-demo": {"method": m, "recipe": "demo", "dataset": "cityscapes", "after": "data/cityscapes_prepared", "nproc": 1}
         for m in ("alignseg", "ann")}
 TINY = {"iterations": 2, "crop": 64, "batch_size": 2, "per_gpu_batch": 2, "workers": 0, "checkpoint_every": 1,
         "log_every": 1}

@@ -149,8 +149,18 @@ def test_unreachable_tracking_server_fails_fast(cityscapes: Path, tmp_path: Path
     assert "Traceback" not in res.stderr
 
 
+def test_nproc_checks_once_before_any_process(cityscapes: Path, tmp_path: Path) -> None:
+    """``--nproc 2`` validates in the launcher: one error line (not one per rank), exit 2, no run folder."""
+    res = subprocess.run(_train_cmd("gald", cityscapes, tmp_path / "run", "--nproc", "2", "--set",
+                                    "train.gald.iteration=5"), env=_env(tmp_path), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and not (tmp_path / "run").exists()
+    assert res.stderr.strip().splitlines() == ["error: train.gald.iteration: unknown key; did you mean iterations?"]
+
+
 def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -> None:
-    """torchrun gloo ×2 with the same global batch gives the 1-process loss curve and ONE MLflow run."""
+    """``segrepro train --nproc 2`` (what dvc.yaml runs: torch's elastic launcher, gloo ×2) with the same global
+    batch gives the 1-process loss curve and ONE MLflow run."""
     import mlflow
 
     from tests.servers import mlflow_server
@@ -159,10 +169,8 @@ def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -
     with mlflow_server(tmp_path / "mlflow") as url:
         env = _env(tmp_path, tracking=url)
         subprocess.run(_train_cmd("gald", cityscapes, single), check=True, env=env, cwd=tmp_path, capture_output=True)
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "segrepro.cli"]
-        cmd = torchrun + _train_cmd("gald", cityscapes, double)[len(SEGREPRO):]
-        res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+        res = subprocess.run(_train_cmd("gald", cityscapes, double, "--nproc", "2"), env=env, cwd=tmp_path,
+                             capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
         assert _losses(double) == pytest.approx(_losses(single), rel=1e-4, abs=1e-5)
         client = mlflow.MlflowClient(url)

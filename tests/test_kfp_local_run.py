@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = {"ann-demo": {"method": "ann", "recipe": "demo", "dataset": "cityscapes", "after": "data/cityscapes_prepared"},
-        "ann-demo_ft": {"method": "ann", "recipe": "demo_ft", "dataset": "cityscapes", "after": "runs/ann-demo/model.pt"}}
+ROWS = {"ann-demo": {"method": "ann", "recipe": "demo", "dataset": "cityscapes", "after": "data/cityscapes_prepared", "nproc": 1},
+        "ann-demo_ft": {"method": "ann", "recipe": "demo_ft", "dataset": "cityscapes", "after": "runs/ann-demo/model.pt", "nproc": 1}}
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from segrepro.models.outputs import Outputs, wants
 
 PARAMS = {
     "benchmark": {"toy-demo": {"method": "toy", "recipe": "demo", "dataset": "cityscapes",
-                              "after": "data/cityscapes_prepared"}},
+                              "after": "data/cityscapes_prepared", "nproc": 1}},
     "data": {"cityscapes": "cs"},
     "train": {"toy": {"recipe": "demo"}},
     "recipes": {"toy": {

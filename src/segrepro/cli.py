@@ -213,10 +213,30 @@ def train_cmd(
         "--init",
         help="Weights a multi-stage recipe (init_from) starts from (default: <method>-<recipe>/model.pt beside --out).",
     ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="DDP processes on this machine (torchrun --standalone; on CPU each gets cores/nproc threads).",
+    ),
 ) -> None:
-    """Train one method (under torchrun: DDP across processes, same global batch)."""
+    """Train one method (under torchrun or with --nproc: DDP across processes, same global batch)."""
+    import os
+
     from segrepro import stages
 
+    if nproc > 1:
+        if "WORLD_SIZE" in os.environ:
+            raise UserError("--nproc: this process already runs under torchrun; drop --nproc", exit_code=2)
+        stages.check_train(method, recipe, data, out, set_, params, init, world_size=nproc)  # once, before any process
+        argv = ["train", "--method", method, "--resume" if resume else "--no-resume", "--params", str(params)]
+        for flag, value in (("--recipe", recipe), ("--data", data), ("--out", out), ("--init", init)):
+            argv += [flag, str(value)] if value is not None else []
+        for item in set_:
+            argv += ["--set", item]
+        from segrepro.engine.distributed import launch_local
+
+        raise typer.Exit(launch_local(nproc, argv))
     summary = stages.train(method, recipe, data, out, resume, set_, params, init)
     if "val_mIoU" in summary:
         typer.echo(f"{method}: val mIoU {summary['val_mIoU']:.4f} ({summary['checkpoint']})")

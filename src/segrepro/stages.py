@@ -106,6 +106,27 @@ def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeight
     return InitWeights(cfg.init_from, path, sha256_file(path))
 
 
+def check_train(
+    method: str,
+    recipe: str | None,
+    data: Path | None,
+    out: Path | None,
+    overrides: Sequence[str],
+    params_path: Path,
+    init: Path | None,
+    world_size: int,
+) -> None:
+    """The checks :func:`train` makes before any output, made once by a launcher before it starts the processes
+    (otherwise every rank would print the same error)."""
+    from segrepro.tracking.mlflow_tracker import require_mlflow
+
+    require_mlflow("training (one MLflow run per training)")
+    params, cfg = resolved_config(method, recipe, overrides, params_path)
+    _data_root(params, cfg.dataset, data)
+    init_weights(cfg, Path(out or Path("runs") / method), init)
+    batch_layout(cfg, world_size)
+
+
 def train(
     method: str,
     recipe: str | None = None,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -64,6 +68,45 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(rank, world, local, dev)
+
+
+def launch_local(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m segrepro.cli <argv>`` as ``nproc`` DDP processes on this machine and return the exit code.
+
+    The same launcher as ``torchrun --standalone`` (torch's elastic agent, a c10d rendezvous on a free port of
+    127.0.0.1, no restarts), called in-process so that a failed rank ends in one line, not the agent's traceback.
+    Each process gets ``cores // nproc`` threads unless ``OMP_NUM_THREADS`` is set: on CPU, processes use the
+    cores far better than intra-op threads at the demo's sizes.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+    )
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)  # a failed rank printed its own message; the agent's would repeat it
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "segrepro.cli", *argv)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        if failure.exitcode in (1, 2):  # that rank printed its `error:` line or traceback
+            return failure.exitcode
+        print(f"error: process {rank} of {nproc} was stopped (exit code {failure.exitcode})", file=sys.stderr)
+        return 1
+    finally:
+        agent_log.setLevel(level)
+    return 0
 
 
 class PeerLost(UserError):

@@ -632,13 +632,15 @@ class BenchmarkRow(_Frozen):
 
     ``after`` is the file the row's training waits for and DVC reruns it on (dvc.yaml cannot list a dep
     for some rows only): the ``model.pt`` of the row that trains the recipe's ``init_from``, otherwise the
-    prepared data. :func:`check_rows` says which.
+    prepared data. :func:`check_rows` says which. ``nproc`` is how many DDP processes ``dvc repro`` starts for
+    the row's training (``segrepro train --nproc``): GPUs on a GPU machine, cores on CPU.
     """
 
     method: str
     recipe: str
     dataset: str
     after: str
+    nproc: int = Field(gt=0)
 
 
 def row_after(rows: Mapping[str, Any], name: str, recipe: Recipe) -> str:
