@@ -9,15 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from segrepro.engine.config import apply_overrides, load_params, resolve_recipe
-from segrepro.engine.recipe import Recipe, batch_layout, validate_params
+from segrepro.engine.recipe import BatchLayout, Recipe, batch_layout, validate_params
 from segrepro.errors import RecipeError, UserError
 from segrepro.io import atomic_write_text
 
@@ -106,6 +107,19 @@ def init_weights(cfg: Recipe, out: Path, init: Path | None = None) -> InitWeight
     return InitWeights(cfg.init_from, path, sha256_file(path))
 
 
+class TrainInputs(NamedTuple):
+    """What a training needs, checked before any output: by :func:`train` on every rank, and once by a
+    launcher (``segrepro train --nproc``) before it starts the processes, so a bad input is one line, not one
+    per rank."""
+
+    params: dict[str, Any]
+    cfg: Recipe
+    root: Path
+    out: Path
+    start: InitWeights | None
+    layout: BatchLayout
+
+
 def check_train(
     method: str,
     recipe: str | None,
@@ -115,16 +129,16 @@ def check_train(
     params_path: Path,
     init: Path | None,
     world_size: int,
-) -> None:
-    """The checks :func:`train` makes before any output, made once by a launcher before it starts the processes
-    (otherwise every rank would print the same error)."""
+) -> TrainInputs:
     from segrepro.tracking.mlflow_tracker import require_mlflow
 
-    require_mlflow("training (one MLflow run per training)")
+    require_mlflow("training (one MLflow run per training)")  # on every rank, before the process group forms
     params, cfg = resolved_config(method, recipe, overrides, params_path)
-    _data_root(params, cfg.dataset, data)
-    init_weights(cfg, Path(out or Path("runs") / method), init)
-    batch_layout(cfg, world_size)
+    root = _data_root(params, cfg.dataset, data)
+    run = Path(out or Path("runs") / method)
+    start = init_weights(cfg, run, init)  # a missing first stage fails before any output
+    layout = batch_layout(cfg, world_size)  # refuses a batch that does not split, before any output
+    return TrainInputs(params, cfg, root, run, start, layout)
 
 
 def train(
@@ -152,24 +166,14 @@ def train(
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
-    from segrepro.tracking.mlflow_tracker import (
-        MlflowTracker,
-        dvc_data_hash,
-        environment_tags,
-        git_state,
-        require_mlflow,
-    )
+    from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
-    require_mlflow("training (one MLflow run per training)")  # on every rank, before the process group forms
-    params, cfg = resolved_config(method, recipe, overrides, params_path)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # what init_distributed joins
+    params, cfg, root, out, start, layout = check_train(method, recipe, data, out, overrides, params_path, init, world)
     dataset_name = cfg.dataset
-    root = _data_root(params, dataset_name, data)
     prepared = default_prepared_dir(root)
     reader_kwargs = {"prepared": prepared} if prepared.is_dir() and dataset_name == "cityscapes" else {}
-    out = Path(out or Path("runs") / method)
-    start = init_weights(cfg, out, init)  # a missing first stage fails before any output
     dist = init_distributed(cfg.device)
-    layout = batch_layout(cfg, dist.world_size)  # refuses a batch that does not split, before any output
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
