@@ -30,8 +30,8 @@ install: $(STAMP)
 # every method, on CPU, through `dvc repro` (see dvc.yaml / params.yaml).
 demo: $(DEMO_STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
-	@echo; echo "== val mIoU per method (training's quick single-scale check) =="
-	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%-14s val mIoU %.3f" % (s["method"], s["val_mIoU"]))' $$f; done
+	@echo; echo "== val mIoU per benchmark row (training's quick single-scale check; runs/<row>) =="
+	@for f in runs/*/train_summary.json; do $(PY) -c 'import json,sys,os; s=json.load(open(sys.argv[1])); print("%-26s val mIoU %.3f" % (os.path.basename(os.path.dirname(sys.argv[1])), s["val_mIoU"]))' $$f; done
 	@echo; echo "Leaderboard: leaderboard/leaderboard.md (also .html, .csv); MLflow UI: make ui"
 
 # The tests, then lint (ruff check, ruff format --check, mypy on src/segrepro): both run, any finding fails.
