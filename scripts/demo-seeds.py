@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from segrepro.engine.distributed import threads_per_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- seeds:begin -->", "<!-- seeds:end -->"
 
@@ -88,8 +90,7 @@ def main() -> int:
 
     first = methods[0]
     nprocs = {m: demo_nproc(m) for m in methods}
-    cores = len(os.sched_getaffinity(0))
-    threads = {m: max(1, cores // n) for m, n in nprocs.items()}
+    threads = {m: threads_per_process(n) for m, n in nprocs.items()}  # what `segrepro train --nproc` gives each
 
     def run_dir(m: str, s: int) -> Path:
         if args.from_demo is not None and s == 0 and m != first:
@@ -124,7 +125,7 @@ def main() -> int:
     header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread (max − min) | target met |\n"
               "|---|" + "---|" * (len(seeds) + 3))
     layouts = sorted({f"{nprocs[m]} process(es) × {threads[m]} torch thread(s)" for m in methods})
-    machine = (f"{cpu_model()} ({cores} cores, {isa()}), {' / '.join(layouts)} per training, "
+    machine = (f"{cpu_model()} ({threads_per_process(1)} cores, {isa()}), {' / '.join(layouts)} per training, "
                f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
     bits = f"Measured: {what}" + ("bit-identical weights." if same else "**different** weights.")
     block = "\n".join([BEGIN, f"Measured by `scripts/demo-seeds.py` on {machine}.", "", header, *rows, "",

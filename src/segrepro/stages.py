@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,14 +161,15 @@ def train(
     from segrepro.data.transforms import build_eval_transforms, build_train_transforms
     from segrepro.data.validate import default_prepared_dir
     from segrepro.engine import objectives
-    from segrepro.engine.distributed import cleanup, init_distributed, lost_peer
+    from segrepro.engine.distributed import cleanup, env_world_size, init_distributed, lost_peer
     from segrepro.engine.trainer import train as run_training
     from segrepro.evaluation.quick_val import quick_validate, quick_validate_ssl
     from segrepro.models import build
     from segrepro.tracking.mlflow_tracker import MlflowTracker, dvc_data_hash, environment_tags, git_state
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # what init_distributed joins
-    params, cfg, root, out, start, layout = check_train(method, recipe, data, out, overrides, params_path, init, world)
+    params, cfg, root, out, start, layout = check_train(
+        method, recipe, data, out, overrides, params_path, init, env_world_size()
+    )  # env_world_size: the group init_distributed joins below
     dataset_name = cfg.dataset
     prepared = default_prepared_dir(root)
     reader_kwargs = {"prepared": prepared} if prepared.is_dir() and dataset_name == "cityscapes" else {}

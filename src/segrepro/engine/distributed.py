@@ -53,9 +53,20 @@ def collective_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def env_world_size() -> int:
+    """The process count torchrun (or ``launch_local``) started this process in; 1 outside a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def threads_per_process(nproc: int) -> int:
+    """Torch threads for each of ``nproc`` processes sharing this machine's cores (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // nproc)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world_size()
     timeout = collective_timeout() if world > 1 else None
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,8 +92,7 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
