@@ -158,6 +158,16 @@ def test_nproc_checks_once_before_any_process(cityscapes: Path, tmp_path: Path) 
     assert res.stderr.strip().splitlines() == ["error: train.gald.iteration: unknown key; did you mean iterations?"]
 
 
+def test_nproc_divergence_is_one_line(cityscapes: Path, tmp_path: Path) -> None:
+    """Both ranks see the same all-reduced NaN loss and stop; only rank 0 prints it."""
+    res = subprocess.run(_train_cmd("gald", cityscapes, tmp_path / "run", "--nproc", "2", "--set",
+                                    "train.gald.optimizer.lr=1e12"), env=_env(tmp_path), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    errors = [line for line in res.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: loss became nan at iteration"), res.stderr[-2000:]
+
+
 def test_two_process_ddp_matches_one_process(cityscapes: Path, tmp_path: Path) -> None:
     """``segrepro train --nproc 2`` (what dvc.yaml runs: torch's elastic launcher, gloo ×2) with the same global
     batch gives the 1-process loss curve and ONE MLflow run."""

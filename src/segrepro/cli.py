@@ -6,6 +6,7 @@ User errors (:class:`segrepro.errors.UserError`) become one line on stderr and a
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -221,8 +222,6 @@ def train_cmd(
     ),
 ) -> None:
     """Train one method (under torchrun or with --nproc: DDP across processes, same global batch)."""
-    import os
-
     from segrepro import stages
 
     if nproc > 1:
@@ -749,7 +748,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="segrepro")
     except UserError as err:
-        typer.echo(f"error: {err}", err=True)
+        if not err.same_on_every_rank or os.environ.get("RANK", "0") == "0":
+            typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -6,10 +6,13 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem the user can fix (bad path, bad dataset, missing weights).
 
-    ``exit_code`` lets stages pick a distinct status (dataset validation uses 2).
+    ``exit_code`` lets stages pick a distinct status (dataset validation uses 2). ``same_on_every_rank``
+    marks an error every process of a DDP job raises identically (decided from all-reduced values), so only
+    rank 0 prints it.
     """
 
     exit_code: int = 1
+    same_on_every_rank: bool = False
 
     def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)

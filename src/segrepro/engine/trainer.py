@@ -46,6 +46,8 @@ class Tracker(Protocol):
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
+    same_on_every_rank = True  # the loss it tests is all-reduced
+
 
 @dataclass
 class TrainResult:
