@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from segrepro.gpu_check import CHECK_NAMES, PEAK_BF16_TFLOPS, markdown, peak_tflops
 from segrepro.models.fixtures import fixture_files
@@ -123,3 +124,33 @@ def test_peak_table_and_markdown() -> None:
                         "metrics": {"fraction": 0.31}, "note": ""}]}
     md = markdown(report)
     assert md.startswith("# GPU check") and "| roofline | ann | a\\|b | below target | fraction 0.31 |" in md
+
+
+def _groups(optimizer: torch.optim.Optimizer) -> list[dict[str, object]]:
+    return [{k: v for k, v in g.items() if k != "params"} | {"n": len(g["params"])} for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_official_recipe_is_what_training_resolves(method: str) -> None:
+    """The GPU check reads params.yaml without the schema (no pydantic on its image); the batch, crop,
+    optimiser and loss it trains with equal what `segrepro train` resolves for the official recipe."""
+    from segrepro.engine.config import load_params
+    from segrepro.engine.losses import build_criterion
+    from segrepro.engine.objectives import self_supervised, supervised
+    from segrepro.engine.recipe import resolve
+    from segrepro.gpu_check import _optimizer, criterion_of, official_recipe
+    from segrepro.models.registry import build
+
+    params = load_params(REPO / "params.yaml")
+    raw, recipe = official_recipe(params, method), resolve(params, method, "official")
+    assert (raw["micro_batch"], raw["crop_hw"], raw["variant"]) == (recipe.micro_batch, recipe.crop_hw, recipe.variant)
+    model = build(method, variant="tiny")
+    train = self_supervised(recipe, model, 8) if recipe.self_supervised else supervised(recipe, model, 8)
+    ours = _optimizer(raw, model)
+    assert type(ours) is type(train.optimizer) and _groups(ours) == _groups(train.optimizer)
+    if recipe.loss is None:
+        return
+    mine, theirs = criterion_of(raw), build_criterion(recipe.loss, recipe.ignore_index)
+    assert (mine.terms, mine.ohem, mine.ignore_index) == (theirs.terms, theirs.ohem, theirs.ignore_index)
+    weights = (mine.class_weights, theirs.class_weights)
+    assert weights == (None, None) or torch.equal(*weights)  # type: ignore[arg-type]

@@ -33,19 +33,30 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
 
+from segrepro.engine.config import (
+    LOSS_TERM_WEIGHT,
+    OHEM_DEFAULTS,
+    PAPER_GPUS,
+    merge_chain,
+    micro_batch,
+    optimizer_defaults,
+)
 from segrepro.errors import UserError
 from segrepro.models.card import Protocol
 from segrepro.models.fixtures import CASES, check_case, fixture_files
 from segrepro.models.registry import build, get_card, list_methods
+
+if TYPE_CHECKING:
+    from segrepro.engine.losses import SegCriterion
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_S = 480.0
@@ -162,46 +173,70 @@ def _fp32_exact() -> None:
 
 
 def official_recipe(params: dict[str, Any], method: str) -> dict[str, Any]:
-    """``recipes.<method>.official`` with the card's crop as default; ``per_gpu_batch`` defaults to
-    ``batch_size // gpus`` as :attr:`segrepro.engine.recipe.Recipe.micro_batch` does (pydantic, which
-    the recipe schema needs, is not on the GPU image)."""
-    raw = dict(params["recipes"][method]["official"])
-    crop = raw.get("crop") or get_card(method).train.crop
+    """``recipes.<method>.official`` as training resolves it, without the schema (pydantic is not on the GPU
+    image): its ``extends`` chain, the card's defaults and the optimiser, OHEM and batch defaults of
+    :mod:`segrepro.engine.config`. A test holds it equal to :func:`segrepro.engine.recipe.resolve`."""
+    raw = merge_chain(params["recipes"][method], method, "official")
+    for key, value in get_card(method).recipe_defaults().items():
+        raw.setdefault(key, value)
+    crop = raw["crop"]
     raw["crop_hw"] = (crop, crop) if isinstance(crop, int) else tuple(crop)
-    raw["micro_batch"] = raw.get("per_gpu_batch") or raw["batch_size"] // raw.get("gpus", 1)
+    raw["optimizer"] = optimizer_defaults(raw["optimizer"], str(raw["objective"]))
+    if raw.get("loss"):
+        raw["loss"] = {**raw["loss"], "ohem": {**OHEM_DEFAULTS, **(raw["loss"].get("ohem") or {})}}
+    raw["micro_batch"] = micro_batch(raw["batch_size"], raw.get("gpus", PAPER_GPUS), raw.get("per_gpu_batch"))
+    raw["method"] = method
     return raw
 
 
+@dataclass(frozen=True)
+class OptimizerKeys:
+    """The optimiser keys training reads (:class:`segrepro.engine.schedule.OptimizerSettings`)."""
+
+    name: str
+    lr: float
+    weight_decay: float
+    momentum: float | None
+    nesterov: bool | None
+    head_lr_mult: float
+
+
 def _optimizer(recipe: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    cfg = recipe["optimizer"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg["name"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    return torch.optim.SGD(
-        params,
-        lr=cfg["lr"],
-        momentum=cfg.get("momentum", 0.9),
-        weight_decay=cfg.get("weight_decay", 0.0),
-        nesterov=cfg.get("nesterov", False),
-    )
+    """The optimiser training builds (:mod:`segrepro.engine.objectives`): the model's own parameter groups
+    for the self-supervised objective, else the card's head split."""
+    from segrepro.engine.schedule import build_optimizer, make_optimizer
+
+    opt = recipe["optimizer"]
+    cfg = OptimizerKeys(**{f.name: opt.get(f.name) for f in fields(OptimizerKeys)})
+    if _is_ssl(recipe["method"]):
+        return make_optimizer(model.param_groups(cfg.weight_decay), cfg)  # type: ignore[operator]
+    return build_optimizer(model, cfg, get_card(recipe["method"]).head_prefixes)
 
 
 def _criterion(recipe: dict[str, Any], ce_only: bool = False) -> Callable[[Any, Tensor], Tensor]:
     """The recipe's loss terms (``ce_only``: the same outputs with plain CE, a per-pixel mean that does not
     depend on how a batch is split, for the DDP comparison)."""
+    crit = criterion_of(recipe, ce_only)
+    return lambda out, target: crit.to(target.device)(out, target)[0]
+
+
+def criterion_of(recipe: dict[str, Any], ce_only: bool = False) -> SegCriterion:
+    """:func:`_criterion`'s module, for the test that holds it equal to training's."""
+    from segrepro.data.transforms import IGNORE_INDEX
     from segrepro.engine.losses import LossTerm, SegCriterion
 
     cfg = recipe["loss"]
-    terms = [LossTerm(t["output"], "ce" if ce_only else t["loss"], t["weight"]) for t in cfg["terms"]]
-    ohem = cfg.get("ohem", {})
-    crit = SegCriterion(
+    terms = [
+        LossTerm(t["output"], "ce" if ce_only else t["loss"], t.get("weight", LOSS_TERM_WEIGHT)) for t in cfg["terms"]
+    ]
+    return SegCriterion(
         terms,
+        ignore_index=recipe.get("ignore_index", IGNORE_INDEX),
         class_weights=None if ce_only else cfg.get("class_weights"),
-        ohem_thresh=ohem.get("thresh", 0.7),
-        ohem_min_kept=ohem.get("min_kept", 100_000),
-        ohem_rule=ohem.get("rule", "gald"),
+        ohem_thresh=cfg["ohem"]["thresh"],
+        ohem_min_kept=cfg["ohem"]["min_kept"],
+        ohem_rule=cfg["ohem"]["rule"],
     )
-    return lambda out, target: crit.to(target.device)(out, target)[0]
 
 
 def _ssl_loss(out: Any, _target: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from segrepro.data.manifest import MANIFEST_NAME, sha256_file, write_manifest
 from segrepro.data.synth_scene import Scene, SceneComposer
+from segrepro.data.transforms import IGNORE_INDEX
 from segrepro.data.validate import (
     atomic_output_dir,
     check_same_size,
@@ -31,7 +32,6 @@ from segrepro.data.validate import (
 )
 from segrepro.errors import UserError
 
-IGNORE_INDEX = 255
 Transform = Callable[[dict[str, Any]], Any]
 
 

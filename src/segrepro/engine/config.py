@@ -71,6 +71,34 @@ def apply_overrides(params: dict[str, Any], assignments: Iterable[str]) -> dict[
 
 NOT_INHERITED = ("paper", "twin_of")  # a published number belongs to the recipe that states it, not to its children
 
+# Recipe defaults as plain values: the schema (engine.recipe) fills an absent key from these, and so does
+# the GPU check, whose image has no pydantic (segrepro.gpu_check).
+PAPER_GPUS = 1  # ``gpus`` when a recipe does not say: per_gpu_batch defaults to batch_size / gpus
+LOSS_TERM_WEIGHT = 1.0
+OHEM_DEFAULTS: dict[str, Any] = {"thresh": 0.7, "min_kept": 100_000, "rule": "gald"}
+# Optimiser defaults: for every recipe ("all"), then those of the optimiser or the objective (poly vs step).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "all": {"weight_decay": 5.0e-4, "head_lr_mult": 1.0},
+    "sgd": {"momentum": 0.9, "nesterov": False},
+    "supervised": {"poly_power": 0.9},
+    "self_supervised": {"step_epochs": 3, "gamma": 0.5},
+}
+
+
+def optimizer_defaults(optimizer: Mapping[str, Any], objective: str) -> dict[str, Any]:
+    """``optimizer`` with the defaults of its name and of the objective filled in (a given key wins)."""
+    out = dict(optimizer)
+    for group in ("all", str(out.get("name", "sgd")), objective):
+        for key, value in OPTIMIZER_DEFAULTS.get(group, {}).items():
+            out.setdefault(key, value)
+    return out
+
+
+def micro_batch(batch_size: int, gpus: int, per_gpu_batch: int | None) -> int:
+    """Images per process and step, before capping by the world size: ``per_gpu_batch``, else the paper's
+    global batch split over its GPUs."""
+    return per_gpu_batch or batch_size // gpus
+
 
 def merge_chain(recipes: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
     """Recipe ``name`` merged over its ``extends`` chain (any depth; a cycle or unknown parent is one error).

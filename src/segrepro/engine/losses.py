@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segrepro.data.transforms import IGNORE_INDEX
 from segrepro.models.outputs import SegOutput
 
 if TYPE_CHECKING:
     from segrepro.engine.recipe import LossCfg
-
-IGNORE_INDEX = 255
 
 
 def ohem_cross_entropy(

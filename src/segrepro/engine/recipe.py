@@ -21,8 +21,19 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from segrepro.data.transforms import NORMALIZATIONS, Normalization, ScaleChoices, ScaleRange, TrainAugment
-from segrepro.engine.config import NOT_INHERITED, deep_merge, flatten, merge_chain
+from segrepro.data.transforms import IGNORE_INDEX, NORMALIZATIONS, Normalization, ScaleChoices, ScaleRange, TrainAugment
+from segrepro.engine.config import (
+    LOSS_TERM_WEIGHT,
+    NOT_INHERITED,
+    OHEM_DEFAULTS,
+    OPTIMIZER_DEFAULTS,
+    PAPER_GPUS,
+    deep_merge,
+    flatten,
+    merge_chain,
+    micro_batch,
+    optimizer_defaults,
+)
 from segrepro.errors import RecipeError
 from segrepro.models.card import MethodCard, Protocol
 
@@ -54,38 +65,32 @@ class OptimizerCfg(_Frozen):
     """``sgd`` (momentum, nesterov) or ``adamw``; poly lr for supervised recipes, step decay
     (``step_epochs``, ``gamma``) for the self-supervised one; ``head_lr_mult`` scales the card's head.
     A key the optimiser or schedule does not use stays null; :class:`Recipe` fills the defaults of the
-    ones it does use (:data:`OPTIMIZER_DEFAULTS`)."""
+    ones it does use (:data:`~segrepro.engine.config.OPTIMIZER_DEFAULTS`)."""
 
     name: Literal["sgd", "adamw"] = "sgd"
     lr: PositiveFloat
-    weight_decay: Annotated[float, Field(ge=0)] = 5.0e-4
+    weight_decay: Annotated[float, Field(ge=0)] = OPTIMIZER_DEFAULTS["all"]["weight_decay"]
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
     nesterov: bool | None = None
     poly_power: PositiveFloat | None = None
     step_epochs: PositiveInt | None = None
     gamma: PositiveFloat | None = None
-    head_lr_mult: PositiveFloat = 1.0
+    head_lr_mult: PositiveFloat = OPTIMIZER_DEFAULTS["all"]["head_lr_mult"]
 
 
-# Defaults that depend on the optimiser or the objective (poly vs step schedule).
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sgd": {"momentum": 0.9, "nesterov": False},
-    "supervised": {"poly_power": 0.9},
-    "self_supervised": {"step_epochs": 3, "gamma": 0.5},
-}
 NEGATIVE_PRESSURE_DEFAULT = 0.11  # the self-supervised objective's (train_voc_config.yml)
 
 
 class LossTermCfg(_Frozen):
     output: str  # "main" or an aux output the method card declares
     loss: Literal["ce", "ohem", "lovasz"]
-    weight: float = 1.0
+    weight: float = LOSS_TERM_WEIGHT
 
 
 class OhemCfg(_Frozen):
-    thresh: Annotated[float, Field(ge=0, le=1)] = 0.7
-    min_kept: PositiveInt = 100_000
-    rule: Literal["gald", "ann"] = "gald"
+    thresh: Annotated[float, Field(ge=0, le=1)] = OHEM_DEFAULTS["thresh"]
+    min_kept: PositiveInt = OHEM_DEFAULTS["min_kept"]
+    rule: Literal["gald", "ann"] = OHEM_DEFAULTS["rule"]
 
 
 class LossCfg(_Frozen):
@@ -123,11 +128,11 @@ class Recipe(_Frozen):
     objective: Literal["supervised", "self_supervised"]
     variant: str | None = None  # None: the registry's default variant (the resolver records which)
     num_classes: PositiveInt | None = None  # None: the dataset's (self-supervised: the variant's)
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     train_split: str = "train"
     val_split: str = "val"
     pretrained: str | None = None
-    gpus: PositiveInt = 1  # the paper's GPU count: per_gpu_batch defaults to batch_size / gpus
+    gpus: PositiveInt = PAPER_GPUS  # the paper's GPU count: per_gpu_batch defaults to batch_size / gpus
     batch_size: PositiveInt  # the global batch
     per_gpu_batch: PositiveInt | None = None
     iterations: PositiveInt | None = None
@@ -157,15 +162,11 @@ class Recipe(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _dependent_defaults(cls, data: Any) -> Any:
-        """Fill the defaults that depend on the objective and optimiser (see :data:`OPTIMIZER_DEFAULTS`)."""
+        """Fill the defaults that depend on the objective and optimiser (:func:`optimizer_defaults`)."""
         if not isinstance(data, Mapping) or not isinstance(data.get("optimizer"), Mapping):
             return data
         objective = data.get("objective")
-        opt = dict(data["optimizer"])
-        for group in (str(opt.get("name", "sgd")), str(objective)):
-            for key, value in OPTIMIZER_DEFAULTS.get(group, {}).items():
-                opt.setdefault(key, value)
-        out = {**data, "optimizer": opt}
+        out = {**data, "optimizer": optimizer_defaults(data["optimizer"], str(objective))}
         if objective == "self_supervised":
             out.setdefault("negative_pressure", NEGATIVE_PRESSURE_DEFAULT)
         return out
@@ -183,7 +184,7 @@ class Recipe(_Frozen):
     @property
     def micro_batch(self) -> int:
         """Images per process and step, before capping by the world size."""
-        return self.per_gpu_batch or self.batch_size // self.gpus
+        return micro_batch(self.batch_size, self.gpus, self.per_gpu_batch)
 
     @property
     def crop_hw(self) -> tuple[int, int]:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from segrepro.errors import UserError
 
-if TYPE_CHECKING:
-    from segrepro.engine.recipe import OptimizerCfg
+
+class OptimizerSettings(Protocol):
+    """What the optimiser reads of a recipe: :class:`~segrepro.engine.recipe.OptimizerCfg`, or the GPU
+    check's plain copy (its image has no pydantic)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def momentum(self) -> float | None: ...
+    @property
+    def nesterov(self) -> bool | None: ...
+    @property
+    def head_lr_mult(self) -> float: ...
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -22,7 +37,7 @@ def _is_backbone(name: str, head_prefixes: tuple[str, ...]) -> bool:
     return not name.startswith(head_prefixes)
 
 
-def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerCfg) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerSettings) -> torch.optim.Optimizer:
     """The recipe's optimiser (``sgd`` with momentum/nesterov, or ``adamw``) over parameter ``groups``."""
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -32,7 +47,9 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerCfg) -> torch.opt
     )
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerCfg, head_prefixes: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerSettings, head_prefixes: tuple[str, ...] = ()
+) -> torch.optim.Optimizer:
     """One parameter group, or two when the recipe gives the head its own lr multiplier.
 
     ``head_prefixes`` (the method card's) are the parameter-name prefixes of the head, everything else is
