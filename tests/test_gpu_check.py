@@ -77,7 +77,7 @@ def test_cpu_smoke_writes_a_row_per_method_and_check(tmp_path: Path, poisoned_en
     assert any(r["status"] == "pass" for r in rows if r["check"] == "fixtures")
     md = (out / "gpu-check.md").read_text()
     assert md.startswith("# CPU smoke") and md.count("\n| ") == len(rows) + 1  # header + one line per row
-    assert "1 threads" in report["environment"]["machine"]
+    assert "1 torch threads" in report["environment"]["machine"]
 
 
 def test_gpu_check_path_imports_only_what_the_gpu_image_has(poisoned_env: dict[str, str]) -> None:

@@ -252,7 +252,7 @@ def bench_scale(
     keep: bool = False,
 ) -> dict[str, Any]:
     """Run the chosen stages in ``work`` (created, and emptied at the end unless ``keep``); returns JSON-able rows."""
-    from segrepro.data.bench import cpu_model
+    from segrepro.machine import cpu_kind
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -351,8 +351,9 @@ def bench_scale(
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return {
-        "machine": cpu_model(),
+        "machine": cpu_kind(),
         "cores": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset: each command's own default"),
         "load_average_1min": os.getloadavg()[0],
         "fraction": fraction,
         "size": size,
@@ -379,8 +380,9 @@ def bench_dvc_s3(work: Path, rows: list[dict], jobs: int, s3: dict[str, str] | N
 def markdown(report: dict[str, Any]) -> str:
     """One table row per measured stage (seconds, peak RSS and the stage's own figure)."""
     lines = [
-        f"Machine: {report['machine']}, {report['cores']} cores; load average {report['load_average_1min']:.1f} "
-        f"at the end. Fraction {report['fraction']} of full size, images {report['size']}.",
+        f"Machine: {report['machine']}, {report['cores']} cores, OMP_NUM_THREADS {report['omp_num_threads']}; load "
+        f"average {report['load_average_1min']:.1f} at the end. Fraction {report['fraction']} of full size, "
+        f"images {report['size']}.",
         "",
         "| stage | seconds | peak RSS MiB | other |",
         "|---|---|---|---|",

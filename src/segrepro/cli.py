@@ -620,7 +620,8 @@ def bench_models_cmd(
     """Parameters, FLOPs, CPU latency (and ms per GMAC)/peak memory and CUDA throughput per method and variant,
     all of the eval forward's main output; or, with --peer, ANN against the peer's, per GMAC."""
     from segrepro.io import atomic_write_text
-    from segrepro.models.bench import bench_models, bench_peer, format_peer, format_table, machine, to_json
+    from segrepro.machine import describe
+    from segrepro.models.bench import bench_models, bench_peer, format_peer, format_table, to_json
 
     def split(value: str | None) -> list[str] | None:
         return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -634,7 +635,7 @@ def bench_models_cmd(
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
         return
     rows = bench_models(split(methods), split(variants), device, flops, latency, repeats)
-    typer.echo(f"machine: {machine()}")
+    typer.echo(f"machine: {describe()}")
     typer.echo(format_table(rows, markdown))
     if json_out is not None:
         atomic_write_text(json_out, to_json(rows))
@@ -653,7 +654,8 @@ def bench_blocks_cmd(
     """ANN's efficiency study: APNB and AFNB against non-local blocks of the same channel sizes."""
     from segrepro.data import parse_size
     from segrepro.io import atomic_write_text
-    from segrepro.models.bench_blocks import Channels, bench_blocks, machine, markdown, to_json
+    from segrepro.machine import describe
+    from segrepro.models.bench_blocks import Channels, bench_blocks, markdown, to_json
 
     try:
         ch = Channels(*(int(v) for v in channels.split(",")))
@@ -661,7 +663,7 @@ def bench_blocks_cmd(
         raise UserError(f"--channels {channels!r}: give four integers, e.g. 2048,1024,256,256", exit_code=2) from None
     shapes = [parse_size(v.strip()) for v in sizes.split(",") if v.strip()]
     rows = bench_blocks([b.strip() for b in blocks.split(",") if b.strip()], shapes, device, ch, repeats, part=part)
-    typer.echo(f"machine: {machine()}")
+    typer.echo(f"machine: {describe()}")
     typer.echo(markdown(rows))
     if json_out is not None:
         atomic_write_text(json_out, to_json(rows, ch))

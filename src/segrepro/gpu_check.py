@@ -51,6 +51,7 @@ from segrepro.engine.config import (
     optimizer_defaults,
 )
 from segrepro.errors import UserError
+from segrepro.machine import cpu_kind, describe
 from segrepro.models.card import Protocol
 from segrepro.models.fixtures import CASES, check_case, fixture_files
 from segrepro.models.registry import build, get_card, list_methods
@@ -740,7 +741,7 @@ def check_roofline(ctx: Context) -> None:
             "img_s": round(1 / sec, 3),
             "achieved_tflops": round(achieved, 3),
         }
-        gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor() or "CPU"
+        gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else cpu_kind()
         peak = peak_tflops(gpu) if ctx.device.type == "cuda" else None
         if peak is None:
             ctx.add("roofline", "ann", config, "skip", metrics, f"no dense bf16 peak known for {gpu}")
@@ -780,10 +781,8 @@ def _run(cmd: list[str]) -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Machine, CPU, threads, driver, torch/CUDA/cuDNN versions and the GPUs."""
-    from segrepro.models.bench import machine
-
     env: dict[str, Any] = {
-        "machine": machine(),
+        "machine": describe(),
         "host": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,

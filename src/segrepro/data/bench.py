@@ -7,7 +7,6 @@ and DataLoader on a synthetic Cityscapes written to a temp folder, so it needs n
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from segrepro.data import get_dataset, synth_dataset
 from segrepro.data.loader import build_loader
 from segrepro.data.transforms import Transform
 from segrepro.errors import UserError
+from segrepro.machine import cpu_kind
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,6 @@ class DataBenchResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bench_data(
@@ -80,5 +69,5 @@ def bench_data(
         elapsed = time.perf_counter() - start
         del loader
     return DataBenchResult(
-        count / elapsed, count, size, workers, method, cpu_model(), os.cpu_count() or 1, torch.__version__
+        count / elapsed, count, size, workers, method, cpu_kind(), os.cpu_count() or 1, torch.__version__
     )

@@ -7,7 +7,6 @@ per-GPU batch, so the figure is the model + loss + optimiser cost without data l
 
 from __future__ import annotations
 
-import platform
 import resource
 import time
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from segrepro.engine.objectives import self_supervised, supervised
 from segrepro.engine.recipe import Recipe
+from segrepro.machine import describe
 from segrepro.models import build, get_spec
 
 
@@ -86,8 +86,5 @@ def bench_train(
         "s_per_iter": per_iter,
         "img_per_s": b / per_iter,
         "peak_memory_mb": _peak_memory_mb(dev),
-        "machine": (
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}"
-        ),
+        "machine": describe(),
     }

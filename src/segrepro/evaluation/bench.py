@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,7 @@ from segrepro.evaluation.cityscapes_metrics import (
     evaluate_cityscapes_folders,
     find_cityscapes_pairs,
 )
+from segrepro.machine import describe
 
 CITIES = ("frankfurt", "lindau", "munster")
 SCORE_FIELDS = ("classScores", "classInstScores", "categoryScores", "categoryInstScores")
@@ -170,14 +170,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def machine() -> str:
-    """CPU model, core count and library versions, for the benchmark table."""
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}"
+    """The machine line (:func:`segrepro.machine.describe`) and numpy's version, for the benchmark table."""
+    return f"{describe()}, numpy {np.__version__}"
 
 
 def bench_eval(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -37,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from segrepro.errors import UserError
+from segrepro.machine import describe
 from segrepro.models.outputs import main_logits
 from segrepro.models.registry import build, list_methods, list_variants
 
@@ -204,18 +204,6 @@ def bench_models(
     return rows
 
 
-def machine() -> str:
-    """CPU model, cores, torch version (and GPU) for the benchmark record."""
-    cpu = platform.processor() or "unknown CPU"
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    cores = multiprocessing.cpu_count()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
-
-
 COLUMNS = (
     ("method", "method"),
     ("variant", "variant"),
@@ -256,7 +244,7 @@ def format_table(rows: list[ModelBench], markdown: bool = False) -> str:
 
 
 def to_json(rows: list[ModelBench]) -> str:
-    return json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2)
+    return json.dumps({"machine": describe(), "rows": [asdict(r) for r in rows]}, indent=2)
 
 
 def bench_peer(peer: str, python: Path | None, repeats: int, threads: int) -> dict:

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from segrepro.errors import UserError
+from segrepro.machine import describe
 from segrepro.models.ann_blocks import AFNB, APNB, AsymmetricAttention
-from segrepro.models.bench import _reset_peak_rss, _rss_kb, machine
+from segrepro.models.bench import _reset_peak_rss, _rss_kb
 
 #: The seed's feature sizes (h, w): 96², 128² and 128×256 (the paper's "256×128").
 SIZES: tuple[tuple[int, int], ...] = ((96, 96), (128, 128), (128, 256))
@@ -214,7 +215,7 @@ def ratios(rows: Sequence[BlockRow]) -> list[dict[str, Any]]:
 def report(rows: Sequence[BlockRow], ch: Channels) -> dict[str, Any]:
     """The JSON record: machine, threads and load beside the rows and ratios."""
     return {
-        "machine": machine(),
+        "machine": describe(),
         "threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0],
         "channels": asdict(ch),

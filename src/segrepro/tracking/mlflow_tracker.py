@@ -20,6 +20,7 @@ import torch
 
 from segrepro.engine.config import flatten
 from segrepro.errors import UserError, require_extra
+from segrepro.machine import cpu_info
 
 DEFAULT_EXPERIMENT = "segrepro"
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
@@ -97,26 +98,6 @@ def dvc_data_hash(data_root: Path) -> str | None:
     return None
 
 
-_ISA_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx2", "fma")
-
-
-def _cpu_info() -> tuple[str, str]:
-    """(CPU model name, the ISA flags that change float results here) from /proc/cpuinfo."""
-    import platform
-
-    model, flags = "", ""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                present = set(value.split())
-                flags = ",".join(f for f in _ISA_FLAGS if f in present)
-    return model or platform.processor() or "unknown", flags
-
-
 def _build_version(prefix: str) -> str:
     """A library's version line from ``torch.__config__.show()`` (e.g. oneDNN "v3.12.0")."""
     for line in torch.__config__.show().splitlines():
@@ -127,7 +108,7 @@ def _build_version(prefix: str) -> str:
 
 def environment_tags(world_size: int) -> dict[str, str]:
     """Where a figure was made: results differ across CPU kinds, ISAs, thread counts and library builds."""
-    model, flags = _cpu_info()
+    model, flags = cpu_info()
     tags = {
         "torch_version": torch.__version__,
         "cuda_version": str(torch.version.cuda or "cpu"),
