@@ -21,7 +21,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -31,21 +30,10 @@ from pathlib import Path
 import torch
 
 from segrepro.engine.distributed import threads_per_process
+from segrepro.machine import cores, cpu_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- seeds:begin -->", "<!-- seeds:end -->"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def isa() -> str:
-    flags = Path("/proc/cpuinfo").read_text()
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
 
 
 def demo_nproc(method: str) -> int:
@@ -125,7 +113,7 @@ def main() -> int:
     header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread (max − min) | target met |\n"
               "|---|" + "---|" * (len(seeds) + 3))
     layouts = sorted({f"{nprocs[m]} process(es) × {threads[m]} torch thread(s)" for m in methods})
-    machine = (f"{cpu_model()} ({threads_per_process(1)} cores, {isa()}), {' / '.join(layouts)} per training, "
+    machine = (f"{cpu_kind()}, {cores()} cores, {' / '.join(layouts)} per training, "
                f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
     bits = f"Measured: {what}" + ("bit-identical weights." if same else "**different** weights.")
     block = "\n".join([BEGIN, f"Measured by `scripts/demo-seeds.py` on {machine}.", "", header, *rows, "",

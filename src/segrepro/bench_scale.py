@@ -252,7 +252,7 @@ def bench_scale(
     keep: bool = False,
 ) -> dict[str, Any]:
     """Run the chosen stages in ``work`` (created, and emptied at the end unless ``keep``); returns JSON-able rows."""
-    from segrepro.machine import cpu_kind
+    from segrepro.machine import cores, cpu_kind
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -352,7 +352,7 @@ def bench_scale(
             shutil.rmtree(work, ignore_errors=True)
     return {
         "machine": cpu_kind(),
-        "cores": os.cpu_count(),
+        "cores": cores(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset: each command's own default"),
         "load_average_1min": os.getloadavg()[0],
         "fraction": fraction,

@@ -30,6 +30,11 @@ def cpu_info() -> tuple[str, str]:
     return model or platform.processor() or platform.machine() or "unknown CPU", flags
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity; all of the machine's where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_kind() -> str:
     """``model (ISA flags)``: the CPU kind a figure holds for."""
     model, flags = cpu_info()
@@ -41,6 +46,4 @@ def describe() -> str:
     import torch
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu_kind()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
-    )
+    return f"{cpu_kind()}, {cores()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"

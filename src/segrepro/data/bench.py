@@ -6,7 +6,6 @@ and DataLoader on a synthetic Cityscapes written to a temp folder, so it needs n
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from segrepro.data import get_dataset, synth_dataset
 from segrepro.data.loader import build_loader
 from segrepro.data.transforms import Transform
 from segrepro.errors import UserError
-from segrepro.machine import cpu_kind
+from segrepro.machine import cores, cpu_kind
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,4 @@ def bench_data(
         count = sum(batch["image"].shape[0] for batch in tqdm(loader, desc="timed", unit="img"))
         elapsed = time.perf_counter() - start
         del loader
-    return DataBenchResult(
-        count / elapsed, count, size, workers, method, cpu_kind(), os.cpu_count() or 1, torch.__version__
-    )
+    return DataBenchResult(count / elapsed, count, size, workers, method, cpu_kind(), cores(), torch.__version__)

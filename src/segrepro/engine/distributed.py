@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from segrepro.errors import UserError
+from segrepro.machine import cores
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ def env_world_size() -> int:
 
 def threads_per_process(nproc: int) -> int:
     """Torch threads for each of ``nproc`` processes sharing this machine's cores (at least 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // nproc)
+    return max(1, cores() // nproc)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
