@@ -70,7 +70,7 @@ def test_criterion_upsamples_and_weights_terms() -> None:
     main, dsn = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     target = torch.randint(0, 3, (2, 16, 16))
     crit = build_criterion(LossCfg.model_validate({"terms": [{"output": "main", "loss": "ce"},
-                                                         {"output": "dsn", "loss": "ce", "weight": 0.4}]}))
+                                                         {"output": "dsn", "loss": "ce", "weight": 0.4}]}).model_dump())
     total, parts = crit(SegOutput(main, 4, {"dsn": dsn}, {"dsn": 4}), target)
     up = lambda t: torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=True)  # noqa: E731
     ref = torch.nn.functional.cross_entropy(up(main), target) + 0.4 * torch.nn.functional.cross_entropy(up(dsn), target)
@@ -79,7 +79,7 @@ def test_criterion_upsamples_and_weights_terms() -> None:
 
 
 def test_criterion_names_missing_output() -> None:
-    crit = build_criterion(LossCfg.model_validate({"terms": [{"output": "coarse", "loss": "ce"}]}))
+    crit = build_criterion(LossCfg.model_validate({"terms": [{"output": "coarse", "loss": "ce"}]}).model_dump())
     with pytest.raises(KeyError, match="coarse"):
         crit(SegOutput(torch.zeros(1, 2, 2, 2), 1), torch.zeros(1, 2, 2, dtype=torch.long))
 

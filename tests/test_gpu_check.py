@@ -138,7 +138,7 @@ def test_official_recipe_is_what_training_resolves(method: str) -> None:
     from segrepro.engine.losses import build_criterion
     from segrepro.engine.objectives import self_supervised, supervised
     from segrepro.engine.recipe import resolve
-    from segrepro.gpu_check import _optimizer, criterion_of, official_recipe
+    from segrepro.gpu_check import _optimizer, official_recipe
     from segrepro.models.registry import build
 
     params = load_params(REPO / "params.yaml")
@@ -150,7 +150,8 @@ def test_official_recipe_is_what_training_resolves(method: str) -> None:
     assert type(ours) is type(train.optimizer) and _groups(ours) == _groups(train.optimizer)
     if recipe.loss is None:
         return
-    mine, theirs = criterion_of(raw), build_criterion(recipe.loss, recipe.ignore_index)
+    mine = build_criterion(raw["loss"], raw["ignore_index"])
+    theirs = build_criterion(recipe.loss.model_dump(), recipe.ignore_index)
     assert (mine.terms, mine.ohem, mine.ignore_index) == (theirs.terms, theirs.ohem, theirs.ignore_index)
     weights = (mine.class_weights, theirs.class_weights)
     assert weights == (None, None) or torch.equal(*weights)  # type: ignore[arg-type]

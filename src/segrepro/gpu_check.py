@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
 
+from segrepro.data.transforms import IGNORE_INDEX
 from segrepro.engine.config import (
     LOSS_TERM_WEIGHT,
     OHEM_DEFAULTS,
@@ -55,9 +56,6 @@ from segrepro.machine import cpu_kind, describe
 from segrepro.models.card import Protocol
 from segrepro.models.fixtures import CASES, check_case, fixture_files
 from segrepro.models.registry import build, get_card, list_methods
-
-if TYPE_CHECKING:
-    from segrepro.engine.losses import SegCriterion
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_S = 480.0
@@ -175,7 +173,7 @@ def _fp32_exact() -> None:
 
 def official_recipe(params: dict[str, Any], method: str) -> dict[str, Any]:
     """``recipes.<method>.official`` as training resolves it, without the schema (pydantic is not on the GPU
-    image): its ``extends`` chain, the card's defaults and the optimiser, OHEM and batch defaults of
+    image): its ``extends`` chain, the card's defaults and the optimiser, loss and batch defaults of
     :mod:`segrepro.engine.config`. A test holds it equal to :func:`segrepro.engine.recipe.resolve`."""
     raw = merge_chain(params["recipes"][method], method, "official")
     for key, value in get_card(method).recipe_defaults().items():
@@ -184,7 +182,10 @@ def official_recipe(params: dict[str, Any], method: str) -> dict[str, Any]:
     raw["crop_hw"] = (crop, crop) if isinstance(crop, int) else tuple(crop)
     raw["optimizer"] = optimizer_defaults(raw["optimizer"], str(raw["objective"]))
     if raw.get("loss"):
-        raw["loss"] = {**raw["loss"], "ohem": {**OHEM_DEFAULTS, **(raw["loss"].get("ohem") or {})}}
+        loss = raw["loss"]
+        terms = [{"weight": LOSS_TERM_WEIGHT, **t} for t in loss["terms"]]
+        raw["loss"] = {**loss, "terms": terms, "ohem": {**OHEM_DEFAULTS, **(loss.get("ohem") or {})}}
+    raw.setdefault("ignore_index", IGNORE_INDEX)
     raw["micro_batch"] = micro_batch(raw["batch_size"], raw.get("gpus", PAPER_GPUS), raw.get("per_gpu_batch"))
     raw["method"] = method
     return raw
@@ -216,28 +217,14 @@ def _optimizer(recipe: dict[str, Any], model: nn.Module) -> torch.optim.Optimize
 
 def _criterion(recipe: dict[str, Any], ce_only: bool = False) -> Callable[[Any, Tensor], Tensor]:
     """The recipe's loss terms (``ce_only``: the same outputs with plain CE, a per-pixel mean that does not
-    depend on how a batch is split, for the DDP comparison)."""
-    crit = criterion_of(recipe, ce_only)
+    depend on how a batch is split, for the DDP comparison), built as training builds them."""
+    from segrepro.engine.losses import build_criterion
+
+    loss = recipe["loss"]
+    if ce_only:
+        loss = {**loss, "terms": [{**t, "loss": "ce"} for t in loss["terms"]], "class_weights": None}
+    crit = build_criterion(loss, recipe["ignore_index"])
     return lambda out, target: crit.to(target.device)(out, target)[0]
-
-
-def criterion_of(recipe: dict[str, Any], ce_only: bool = False) -> SegCriterion:
-    """:func:`_criterion`'s module, for the test that holds it equal to training's."""
-    from segrepro.data.transforms import IGNORE_INDEX
-    from segrepro.engine.losses import LossTerm, SegCriterion
-
-    cfg = recipe["loss"]
-    terms = [
-        LossTerm(t["output"], "ce" if ce_only else t["loss"], t.get("weight", LOSS_TERM_WEIGHT)) for t in cfg["terms"]
-    ]
-    return SegCriterion(
-        terms,
-        ignore_index=recipe.get("ignore_index", IGNORE_INDEX),
-        class_weights=None if ce_only else cfg.get("class_weights"),
-        ohem_thresh=cfg["ohem"]["thresh"],
-        ohem_min_kept=cfg["ohem"]["min_kept"],
-        ohem_rule=cfg["ohem"]["rule"],
-    )
 
 
 def _ssl_loss(out: Any, _target: Tensor) -> Tensor:

@@ -9,9 +9,9 @@ all official criteria do; this also fixes ACFNet's crash (Lovász on stride-8 lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,6 @@ from torch import Tensor, nn
 
 from segrepro.data.transforms import IGNORE_INDEX
 from segrepro.models.outputs import SegOutput
-
-if TYPE_CHECKING:
-    from segrepro.engine.recipe import LossCfg
 
 
 def ohem_cross_entropy(
@@ -195,14 +192,16 @@ class SegCriterion(nn.Module):
         return total, parts
 
 
-def build_criterion(cfg: LossCfg, ignore_index: int = IGNORE_INDEX) -> SegCriterion:
-    """Criterion from a recipe's validated ``loss`` block (see params.yaml)."""
-    terms = [LossTerm(t.output, t.loss, t.weight) for t in cfg.terms]
+def build_criterion(loss: Mapping[str, Any], ignore_index: int = IGNORE_INDEX) -> SegCriterion:
+    """Criterion from a recipe's ``loss`` block with its defaults filled: the validated
+    :class:`~segrepro.engine.recipe.LossCfg`'s ``model_dump()``, or the GPU check's plain copy (no pydantic)."""
+    terms = [LossTerm(t["output"], t["loss"], t["weight"]) for t in loss["terms"]]
+    weights, ohem = loss.get("class_weights"), loss["ohem"]
     return SegCriterion(
         terms,
         ignore_index=ignore_index,
-        class_weights=list(cfg.class_weights) if cfg.class_weights else None,
-        ohem_thresh=cfg.ohem.thresh,
-        ohem_min_kept=cfg.ohem.min_kept,
-        ohem_rule=cfg.ohem.rule,
+        class_weights=list(weights) if weights else None,
+        ohem_thresh=ohem["thresh"],
+        ohem_min_kept=ohem["min_kept"],
+        ohem_rule=ohem["rule"],
     )

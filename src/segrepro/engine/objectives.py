@@ -39,7 +39,7 @@ def supervised(cfg: Recipe, model: nn.Module, iterations: int) -> Objective:
     opt = cfg.optimizer
     assert cfg.loss is not None, "a validated supervised recipe has a loss"
     optimizer = build_optimizer(model, opt, cfg.card.head_prefixes)
-    criterion = build_criterion(cfg.loss, cfg.ignore_index)
+    criterion = build_criterion(cfg.loss.model_dump(), cfg.ignore_index)
 
     def loss(net: nn.Module, batch: Mapping[str, Any], device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
         image = batch["image"].to(device, non_blocking=True)
