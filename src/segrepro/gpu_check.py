@@ -175,7 +175,7 @@ def official_recipe(params: dict[str, Any], method: str) -> dict[str, Any]:
     """``recipes.<method>.official`` as training resolves it, without the schema (pydantic is not on the GPU
     image): its ``extends`` chain, the card's defaults and the optimiser, loss and batch defaults of
     :mod:`segrepro.engine.config`. A test holds it equal to :func:`segrepro.engine.recipe.resolve`."""
-    raw = merge_chain(params["recipes"][method], method, "official")
+    raw = merge_chain((params.get("recipes") or {}).get(method) or {}, method, "official")
     for key, value in get_card(method).recipe_defaults().items():
         raw.setdefault(key, value)
     crop = raw["crop"]

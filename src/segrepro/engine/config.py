@@ -110,7 +110,8 @@ def merge_chain(recipes: Mapping[str, Any], method: str, name: str) -> dict[str,
         if current in seen:
             raise UserError(f"recipes.{method}: extends cycle {' → '.join([*seen, current])}; break the chain")
         if current not in recipes:
-            raise UserError(f"recipes.{method}.{seen[-1]}.extends: unknown recipe {current!r}")
+            where = f"recipes.{method}.{seen[-1]}.extends" if seen else f"recipes.{method}"
+            raise UserError(f"{where}: unknown recipe {current!r} (known: {', '.join(recipes) or 'none'})")
         seen.append(current)
         chain.append(recipes[current] or {})
         current = chain[-1].get("extends")
