@@ -225,3 +225,13 @@ def test_run_folder_is_the_record(workspace: Path, caplog: pytest.LogCaptureFixt
     assert _run([*evaluate, "--out", "strict", "--strict-config"]) == 2
     assert not (workspace / "strict").exists()
     assert _run([*evaluate, "--recipe", "official"]) == 2  # --recipe is only for checkpoints without a config
+
+
+def test_merge_chain_names_an_unknown_recipe() -> None:
+    from segrepro.engine.config import merge_chain
+    from segrepro.errors import UserError
+
+    with pytest.raises(UserError, match=r"^recipes\.ann: unknown recipe 'official' \(known: demo\)$"):
+        merge_chain({"demo": {}}, "ann", "official")
+    with pytest.raises(UserError, match=r"^recipes\.ann\.demo\.extends: unknown recipe 'x'"):
+        merge_chain({"demo": {"extends": "x"}}, "ann", "demo")
